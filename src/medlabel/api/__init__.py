@@ -1,0 +1,1 @@
+"""HTTP entry point: thin FastAPI routes over the services."""

@@ -1,0 +1,1 @@
+"""One router module per capability; ``medlabel.api.app`` mounts them all under /api/v1."""

@@ -1,0 +1,432 @@
+"""``medlabel``: set up, serve, run workers, manage users and projects, check the audit log."""
+
+from __future__ import annotations
+
+import getpass
+import json
+import os
+import secrets
+import sys
+import time
+from datetime import UTC, date, datetime
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from medlabel import __version__
+from medlabel.accounts import service as accounts
+from medlabel.accounts.service import Actor
+from medlabel.config import load_settings
+from medlabel.errors import MedlabelError
+from medlabel.runtime import Runtime, create_runtime
+from medlabel.security.rbac import GlobalRole
+from medlabel.storage.db import session_scope
+
+app = typer.Typer(help="medlabel: annotation of medical images with multi-tier QA.", no_args_is_help=True)
+user_app = typer.Typer(help="Manage user accounts.", no_args_is_help=True)
+project_app = typer.Typer(help="Manage projects.", no_args_is_help=True)
+member_app = typer.Typer(help="Manage project members.", no_args_is_help=True)
+audit_app = typer.Typer(help="Verify and export the tamper-evident audit log.", no_args_is_help=True)
+jobs_app = typer.Typer(help="Inspect background jobs.", no_args_is_help=True)
+app.add_typer(user_app, name="user")
+app.add_typer(project_app, name="project")
+project_app.add_typer(member_app, name="member")
+app.add_typer(audit_app, name="audit")
+app.add_typer(jobs_app, name="jobs")
+
+
+def _cli_actor() -> Actor:
+    try:
+        who = getpass.getuser()
+    except (KeyError, OSError):
+        who = "unknown"
+    return Actor(user_id=None, username=f"cli:{who}", role=GlobalRole.ADMIN, ip="local")
+
+
+def _runtime() -> Runtime:
+    try:
+        return create_runtime(load_settings())
+    except MedlabelError as exc:
+        typer.secho(f"error: {exc.message}", fg="red", err=True)
+        raise typer.Exit(2) from None
+
+
+def _fail(exc: MedlabelError) -> typer.Exit:
+    typer.secho(f"error: {exc.message}", fg="red", err=True)
+    return typer.Exit(1)
+
+
+@app.callback(invoke_without_command=True)
+def _main(
+    version: Annotated[bool, typer.Option("--version", help="Print the version and exit.")] = False,
+) -> None:
+    if version:
+        typer.echo(__version__)
+        raise typer.Exit()
+
+
+@app.command()
+def init() -> None:
+    """Create the data directory ($MEDLABEL_HOME), its secret key (0600) and the database schema."""
+    rt = _runtime()
+    typer.echo(f"medlabel {__version__} initialised in {rt.settings.home}")
+    typer.echo(f"database: {rt.engine.url.render_as_string(hide_password=True)}")
+    rt.close()
+
+
+@app.command()
+def serve(
+    host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port to listen on.")] = 8000,
+    worker: Annotated[
+        bool, typer.Option("--worker/--no-worker", help="Run a job worker in the server process.")
+    ] = True,
+) -> None:
+    """Run the web server (API under /api/v1, the browser app at /)."""
+    import uvicorn
+
+    from medlabel.api.app import create_app
+
+    rt = _runtime()
+    typer.echo(f"medlabel {__version__} serving http://{host}:{port}/ (data in {rt.settings.home})")
+    try:
+        uvicorn.run(create_app(rt, run_worker=worker), host=host, port=port, log_level="info")
+    finally:
+        rt.close()
+
+
+@app.command()
+def worker(workers: Annotated[int, typer.Option(help="Worker threads.")] = 2) -> None:
+    """Run job workers until interrupted (SQLite queue, or Redis when MEDLABEL_REDIS_URL is set)."""
+    import signal
+    import threading
+
+    rt = _runtime()
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    stale = float(os.environ.get("MEDLABEL_JOB_STALE_SECONDS", "60"))
+    from datetime import timedelta
+
+    rt.start_worker(workers=workers, stale_after=timedelta(seconds=stale))
+    typer.echo(
+        f"medlabel worker running with {workers} threads (queue: {'redis' if rt.settings.redis_url else 'sqlite'})"
+    )
+    sys.stdout.flush()
+    stop.wait()
+    rt.close()
+
+
+# ---------------------------------------------------------------- users
+
+
+def _read_password(from_stdin: bool) -> str:
+    if from_stdin:
+        return sys.stdin.readline().rstrip("\n")
+    first = getpass.getpass("Password: ")
+    if getpass.getpass("Repeat password: ") != first:
+        typer.secho("error: the passwords differ", fg="red", err=True)
+        raise typer.Exit(1)
+    return first
+
+
+@user_app.command("add")
+def user_add(
+    name: str,
+    role: Annotated[str, typer.Option(help="Global role: admin or user.")] = "user",
+    password_stdin: Annotated[
+        bool, typer.Option("--password-stdin", help="Read the password from standard input.")
+    ] = False,
+    display_name: Annotated[str, typer.Option(help="Name shown in the UI.")] = "",
+) -> None:
+    """Create a user account."""
+    password = _read_password(password_stdin)
+    rt = _runtime()
+    try:
+        with session_scope(rt.sessions) as s:
+            u = accounts.create_user(
+                s, name, password, role=role, display_name=display_name, actor=_cli_actor()
+            )
+            typer.echo(f"created user {u.username!r} (id {u.id}, role {u.role})")
+    except MedlabelError as exc:
+        raise _fail(exc) from None
+    finally:
+        rt.close()
+
+
+@user_app.command("list")
+def user_list() -> None:
+    """List user accounts."""
+    rt = _runtime()
+    with session_scope(rt.sessions) as s:
+        for u in accounts.list_users(s):
+            locked = " locked" if u.locked_until and u.locked_until > datetime.now(UTC) else ""
+            typer.echo(f"{u.id:5d}  {u.username:24s} {u.role:6s}{'' if u.is_active else ' inactive'}{locked}")
+    rt.close()
+
+
+# ---------------------------------------------------------------- projects
+
+
+@project_app.command("create")
+def project_create(name: str, description: Annotated[str, typer.Option(help="Free text.")] = "") -> None:
+    """Create a project."""
+    from medlabel.projects import service as projects
+
+    rt = _runtime()
+    try:
+        with session_scope(rt.sessions) as s:
+            p = projects.create_project(s, _cli_actor(), name, description)
+            typer.echo(f"created project {p.name!r} (id {p.id})")
+    except MedlabelError as exc:
+        raise _fail(exc) from None
+    finally:
+        rt.close()
+
+
+@project_app.command("list")
+def project_list() -> None:
+    """List projects with their member counts."""
+    from medlabel.projects import service as projects
+
+    rt = _runtime()
+    with session_scope(rt.sessions) as s:
+        for p in projects.list_projects(s, _cli_actor()):
+            members = projects.list_members(s, p)
+            typer.echo(f"{p.id:5d}  {p.name:32s} {len({u.id for u, _ in members})} members")
+    rt.close()
+
+
+def _find_project(s: object, ref: str) -> object:
+    from sqlalchemy import select
+
+    from medlabel.errors import NotFound
+    from medlabel.storage.models import Project
+
+    stmt = (
+        select(Project).where(Project.id == int(ref))
+        if ref.isdigit()
+        else select(Project).where(Project.name == ref)
+    )
+    p = s.scalar(stmt)  # type: ignore[attr-defined]
+    if p is None:
+        raise NotFound(f"no project {ref!r} (give its id or exact name)")
+    return p
+
+
+@member_app.command("add")
+def member_add(
+    project: str,
+    user: str,
+    role: Annotated[str, typer.Option(help="manager, annotator, reviewer, validator or auditor.")],
+) -> None:
+    """Give USER a ROLE in PROJECT (id or name)."""
+    from medlabel.projects import service as projects
+
+    rt = _runtime()
+    try:
+        with session_scope(rt.sessions) as s:
+            p = _find_project(s, project)
+            projects.add_member(s, _cli_actor(), p, user, role)  # type: ignore[arg-type]
+            typer.echo(f"{user} is now {role} in {p.name!r}")  # type: ignore[attr-defined]
+    except MedlabelError as exc:
+        raise _fail(exc) from None
+    finally:
+        rt.close()
+
+
+@member_app.command("remove")
+def member_remove(
+    project: str, user: str, role: Annotated[str, typer.Option(help="The role to take away.")]
+) -> None:
+    """Take ROLE in PROJECT away from USER."""
+    from medlabel.projects import service as projects
+
+    rt = _runtime()
+    try:
+        with session_scope(rt.sessions) as s:
+            p = _find_project(s, project)
+            projects.remove_member(s, _cli_actor(), p, user, role)  # type: ignore[arg-type]
+            typer.echo(f"{user} is no longer {role} in {p.name!r}")  # type: ignore[attr-defined]
+    except MedlabelError as exc:
+        raise _fail(exc) from None
+    finally:
+        rt.close()
+
+
+# ---------------------------------------------------------------- audit
+
+
+@audit_app.command("verify")
+def audit_verify() -> None:
+    """Walk the hash chain; exit 1 naming the first record changed, removed or inserted."""
+    from medlabel.audit import service as audit
+
+    rt = _runtime()
+    with session_scope(rt.sessions) as s:
+        result = audit.verify(s)
+    rt.close()
+    if result.problem is not None:
+        typer.secho(
+            f"audit log FAILED verification: {result.problem.message} (record {result.problem.seq}, {result.problem.kind})",
+            fg="red",
+            err=True,
+        )
+        raise typer.Exit(1)
+    typer.echo(f"audit log intact: {result.checked} records verified")
+
+
+@audit_app.command("export")
+def audit_export(
+    since: Annotated[
+        str | None, typer.Option(help="Only records from this date (YYYY-MM-DD or ISO time), UTC.")
+    ] = None,
+    out: Annotated[Path | None, typer.Option(help="File to write (default: standard output).")] = None,
+) -> None:
+    """Write audit records as JSON lines."""
+    from medlabel.audit import service as audit
+    from medlabel.audit.events import AuditAction
+
+    start: datetime | None = None
+    if since:
+        try:
+            start = datetime.fromisoformat(since)
+        except ValueError:
+            try:
+                start = datetime.combine(date.fromisoformat(since), datetime.min.time())
+            except ValueError:
+                typer.secho(
+                    f"error: --since must be a date like 2026-11-01, found {since!r}", fg="red", err=True
+                )
+                raise typer.Exit(2) from None
+        if start.tzinfo is None:
+            start = start.replace(tzinfo=UTC)
+    rt = _runtime()
+    with session_scope(rt.sessions) as s:
+        fh = out.open("w") if out else sys.stdout
+        try:
+            n = audit.export_jsonl(s, fh, since=start)
+        finally:
+            if out:
+                fh.close()
+        audit.record(
+            s,
+            _cli_actor().event(
+                AuditAction.AUDIT_EXPORT, object_type="audit", detail={"count": n, "since": since}
+            ),
+        )
+    rt.close()
+    if out:
+        typer.echo(f"wrote {n} records to {out}", err=True)
+
+
+# ---------------------------------------------------------------- jobs
+
+
+def wait_for_job(rt: Runtime, job_id: str, *, timeout: float = 3600) -> str:
+    """Show a progress bar until the job ends; return its final state."""
+    from medlabel.jobs import service as jobs
+
+    deadline = time.monotonic() + timeout
+    last = 0
+    with typer.progressbar(length=100, label=f"job {job_id[:8]}") as bar:
+        while True:
+            with session_scope(rt.sessions) as s:
+                job = jobs.get_job(s, job_id)
+                state, progress, message = job.state, job.progress, job.message
+            if progress > last:
+                bar.update(progress - last)
+                last = progress
+            if state in (jobs.SUCCEEDED, jobs.FAILED) or time.monotonic() > deadline:
+                break
+            time.sleep(0.2)
+    typer.echo(f"job {job_id}: {state} — {message}")
+    return state
+
+
+@jobs_app.command("show")
+def jobs_show(
+    job_id: str,
+    wait: Annotated[bool, typer.Option("--wait", help="Follow progress until the job ends.")] = False,
+) -> None:
+    """Show a job's state and progress."""
+    from medlabel.jobs import service as jobs
+
+    rt = _runtime()
+    try:
+        if wait:
+            state = wait_for_job(rt, job_id)
+            raise typer.Exit(0 if state == jobs.SUCCEEDED else 1)
+        with session_scope(rt.sessions) as s:
+            j = jobs.get_job(s, job_id)
+            typer.echo(
+                json.dumps(
+                    {
+                        "id": j.id,
+                        "kind": j.kind,
+                        "state": j.state,
+                        "progress": j.progress,
+                        "message": j.message,
+                        "result": j.result,
+                        "error": j.error,
+                        "attempts": j.attempts,
+                    },
+                    indent=2,
+                )
+            )
+    except MedlabelError as exc:
+        raise _fail(exc) from None
+    finally:
+        rt.close()
+
+
+@app.command()
+def selftest(
+    steps: Annotated[int, typer.Option(help="Steps to report.")] = 10,
+    delay: Annotated[float, typer.Option(help="Seconds per step.")] = 0.1,
+) -> None:
+    """Queue a self-test job, run an in-process worker and follow its progress."""
+    from medlabel.jobs import service as jobs
+
+    rt = _runtime()
+    try:
+        with session_scope(rt.sessions) as s:
+            job = jobs.create_job(s, _cli_actor(), "system.selftest", {"steps": steps, "delay": delay})
+            job_id = job.id
+        rt.enqueue(job_id)
+        rt.start_worker(workers=1)
+        state = wait_for_job(rt, job_id, timeout=steps * delay + 60)
+    finally:
+        rt.close()
+    raise typer.Exit(0 if state == jobs.SUCCEEDED else 1)
+
+
+# ---------------------------------------------------------------- demo
+
+
+@app.command()
+def demo(
+    host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port to listen on.")] = 8000,
+    no_serve: Annotated[bool, typer.Option("--no-serve", help="Only create the demo content.")] = False,
+) -> None:
+    """Initialise, load demo content (users, a project) and serve. Prints the admin credentials."""
+    from medlabel.demo import load_demo
+
+    rt = _runtime()
+    try:
+        with session_scope(rt.sessions) as s:
+            creds = load_demo(s, rt.settings.home, password_factory=lambda: secrets.token_urlsafe(12))
+    finally:
+        rt.close()
+    typer.secho("\nmedlabel demo is ready.", fg="green", bold=True)
+    for line in creds:
+        typer.echo(f"  {line}")
+    typer.echo(f"  (credentials are also in {Path(load_settings().home) / 'demo-credentials.txt'})\n")
+    if not no_serve:
+        serve(host=host, port=port, worker=True)
+
+
+def main() -> None:  # pragma: no cover
+    app()

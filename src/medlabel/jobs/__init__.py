@@ -1,0 +1,1 @@
+"""Background jobs: a named registry of job kinds, a job table with progress, Huey as the queue."""

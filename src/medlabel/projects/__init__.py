@@ -1,0 +1,1 @@
+"""Projects and their members (schemas and workflow come with their own issues)."""

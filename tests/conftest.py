@@ -1,0 +1,79 @@
+"""Shared fixtures. Database-backed tests run on SQLite and again on PostgreSQL when
+``MEDLABEL_TEST_DATABASE_URL`` is set (``.ci/run`` points it at the local server)."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from sqlalchemy import create_engine, text
+
+from medlabel import clock
+from medlabel.config import Settings
+
+PG_URL = os.environ.get("MEDLABEL_TEST_DATABASE_URL", "")
+REDIS_URL = os.environ.get("MEDLABEL_TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
+
+_BACKENDS = ["sqlite"] + (["postgresql"] if PG_URL else [])
+
+
+def _pg_url() -> str:
+    url = PG_URL
+    if url.startswith("postgresql://"):
+        url = "postgresql+psycopg://" + url[len("postgresql://") :]
+    return url
+
+
+def reset_postgres(url: str) -> None:
+    engine = create_engine(url, isolation_level="AUTOCOMMIT")
+    with engine.connect() as conn:
+        conn.execute(text("DROP SCHEMA IF EXISTS public CASCADE"))
+        conn.execute(text("CREATE SCHEMA public"))
+    engine.dispose()
+
+
+@pytest.fixture(params=_BACKENDS)
+def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'medlabel.db'}"
+    url = _pg_url()
+    reset_postgres(url)
+    return url
+
+
+@pytest.fixture(autouse=True)
+def _reset_clock() -> Iterator[None]:
+    clock.reset()
+    yield
+    clock.reset()
+
+
+@pytest.fixture
+def settings(tmp_path: Path, db_url: str) -> Settings:
+    return Settings(home=tmp_path / "home", database_url=db_url)
+
+
+@pytest.fixture
+def runtime(settings: Settings) -> Iterator[object]:
+    from medlabel.runtime import create_runtime
+
+    rt = create_runtime(settings)
+    yield rt
+    rt.close()
+
+
+@pytest.fixture
+def app(runtime: object) -> object:
+    from medlabel.api.app import create_app
+
+    return create_app(runtime)  # type: ignore[arg-type]
+
+
+@pytest.fixture
+def client(app: object) -> Iterator[object]:
+    from fastapi.testclient import TestClient
+
+    with TestClient(app) as c:  # type: ignore[arg-type]
+        yield c
