@@ -15,15 +15,16 @@ from medlabel.config import Settings
 
 PG_URL = os.environ.get("MEDLABEL_TEST_DATABASE_URL", "")
 REDIS_URL = os.environ.get("MEDLABEL_TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
+# In CI every service must be there: a missing one fails instead of skipping.
+REQUIRE_SERVICES = os.environ.get("MEDLABEL_REQUIRE_SERVICES") == "1"
 
 _BACKENDS = ["sqlite"] + (["postgresql"] if PG_URL else [])
 
 
 def _pg_url() -> str:
-    url = PG_URL
-    if url.startswith("postgresql://"):
-        url = "postgresql+psycopg://" + url[len("postgresql://") :]
-    return url
+    from medlabel.config import normalize_database_url
+
+    return normalize_database_url(PG_URL)
 
 
 def reset_postgres(url: str) -> None:

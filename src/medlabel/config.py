@@ -31,7 +31,7 @@ from pathlib import Path
 
 from medlabel.errors import ConfigurationError
 
-__all__ = ["Settings", "load_settings", "ensure_home"]
+__all__ = ["Settings", "load_settings", "ensure_home", "normalize_database_url"]
 
 SECRET_FILE = "secret.key"
 
@@ -74,11 +74,19 @@ def _int(env: dict[str, str], name: str, default: int) -> int:
         raise ConfigurationError(f"{name} must be a whole number, found {raw!r}") from None
 
 
+def normalize_database_url(url: str) -> str:
+    """Accept plain ``postgresql://`` URLs; medlabel talks to PostgreSQL through psycopg 3."""
+    for prefix in ("postgresql://", "postgres://"):
+        if url.startswith(prefix):
+            return "postgresql+psycopg://" + url[len(prefix) :]
+    return url
+
+
 def load_settings(env: dict[str, str] | None = None) -> Settings:
     """Read settings from the environment (without touching the disk)."""
     env = dict(os.environ if env is None else env)
     home = Path(env.get("MEDLABEL_HOME") or "./medlabel-data").expanduser().resolve()
-    db_url = env.get("MEDLABEL_DATABASE_URL") or f"sqlite:///{home / 'medlabel.db'}"
+    db_url = normalize_database_url(env.get("MEDLABEL_DATABASE_URL") or f"sqlite:///{home / 'medlabel.db'}")
     return Settings(
         home=home,
         database_url=db_url,

@@ -402,6 +402,90 @@ def selftest(
     raise typer.Exit(0 if state == jobs.SUCCEEDED else 1)
 
 
+# ---------------------------------------------------------------- de-identification
+
+DEFAULT_DEID_OPTIONS = (
+    "retain_longitudinal_modified_dates",
+    "retain_patient_characteristics",
+    "clean_descriptors",
+)
+
+
+@app.command()
+def deid(
+    in_dir: Annotated[Path, typer.Argument(help="Folder with DICOM and NIfTI files (read only).")],
+    out_dir: Annotated[Path, typer.Argument(help="New folder for the de-identified copies.")],
+    option: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--option",
+            help="PS3.15 Table E.1-1 option column (repeat). Default: "
+            + ", ".join(DEFAULT_DEID_OPTIONS)
+            + ". Use --basic-only for none.",
+        ),
+    ] = None,
+    basic_only: Annotated[bool, typer.Option("--basic-only", help="Basic Profile without options.")] = False,
+    secret_file: Annotated[
+        Path | None,
+        typer.Option(
+            help="Key for consistent UIDs and date offsets (created, 0600, if missing). "
+            "Default: $MEDLABEL_HOME/deid-cli.key"
+        ),
+    ] = None,
+    report: Annotated[Path | None, typer.Option(help="Write the per-file JSON report here.")] = None,
+) -> None:
+    """De-identify a folder with the same code as ingest (DICOM PS3.15 Annex E; NIfTI headers).
+
+    Images that may carry burned-in text are written to OUT/quarantine/ for a person to check.
+    """
+    from medlabel.deid import (
+        DeidConfig,
+        DeidContext,
+        InMemoryDateOffsetStore,
+        InMemoryPseudonymStore,
+        Option,
+        deidentify_folder,
+    )
+
+    names = [] if basic_only else list(option or DEFAULT_DEID_OPTIONS)
+    try:
+        options = frozenset(Option(n) for n in names)
+    except ValueError:
+        typer.secho(
+            f"error: unknown option in {names}; known: {', '.join(o.value for o in Option)}",
+            fg="red",
+            err=True,
+        )
+        raise typer.Exit(2) from None
+    key_path = secret_file or (load_settings().home / "deid-cli.key")
+    if not key_path.exists():
+        key_path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(key_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as fh:
+            fh.write(secrets.token_hex(32))
+        typer.echo(
+            f"created de-identification key {key_path} (keep it to get the same UIDs next time)", err=True
+        )
+    secret = bytes.fromhex(key_path.read_text().strip())
+    try:
+        config = DeidConfig(project_secret=secret, options=options)
+        result = deidentify_folder(
+            in_dir, out_dir, config, DeidContext(InMemoryPseudonymStore(), InMemoryDateOffsetStore(secret))
+        )
+    except MedlabelError as exc:
+        raise _fail(exc) from None
+    doc = result.to_dict()
+    if report:
+        report.write_text(json.dumps(doc, indent=2))
+    counts = doc["counts"]
+    typer.echo(", ".join(f"{n} {k}" for k, n in counts.items()))
+    for f in doc["files"]:
+        if f["status"] in ("failed", "quarantined"):
+            typer.echo(f"  {f['status']}: {f['source']}: {f['note'] or '; '.join(f['reasons'])}")
+    if counts.get("failed"):
+        raise typer.Exit(1)
+
+
 # ---------------------------------------------------------------- demo
 
 
@@ -429,4 +513,8 @@ def demo(
 
 
 def main() -> None:  # pragma: no cover
+    app()
+
+
+if __name__ == "__main__":  # pragma: no cover  (python -m medlabel.cli.main)
     app()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import traceback
 import uuid
@@ -38,7 +39,7 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 QUEUED, RUNNING, SUCCEEDED, FAILED = "queued", "running", "succeeded", "failed"
-HEARTBEAT_EVERY = 2.0
+HEARTBEAT_EVERY = float(os.environ.get("MEDLABEL_JOB_HEARTBEAT_SECONDS", "2"))
 
 
 def create_job(

@@ -1,0 +1,1 @@
+"""Tests of medlabel.deid (de-identification on ingest)."""
