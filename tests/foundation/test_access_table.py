@@ -26,9 +26,14 @@ _counter = itertools.count()
 
 @dataclass
 class Ctx:
+    """What a sample request may use: the runtime, the target project (every project role is a
+    member), a job in it, user ids by principal, and a cache for objects samples create."""
+
     rt: Any
     project_id: int
     job_id: str
+    users: dict[str, int]
+    cache: dict[str, Any]
 
 
 Sample = Callable[[Ctx], dict[str, Any]]  # returns kwargs for client.request (url, json, …)
@@ -66,6 +71,24 @@ SAMPLES: dict[tuple[str, str], Sample] = {
     ("GET", "/api/v1/audit/events"): lambda c: {"url": "/api/v1/audit/events"},
     ("GET", "/api/v1/audit/verify"): lambda c: {"url": "/api/v1/audit/verify"},
 }
+
+def _domain_samples() -> dict[tuple[str, str], Sample]:
+    """Domains keep their samples beside their tests: ``tests/<domain>/access_samples.py``
+    defines ``SAMPLES`` with the same shape."""
+    import importlib
+    from pathlib import Path
+
+    merged: dict[tuple[str, str], Sample] = {}
+    root = Path(__file__).resolve().parents[1]
+    for f in sorted(root.glob("*/access_samples.py")):
+        mod = importlib.import_module(f"tests.{f.parent.name}.access_samples")
+        clash = set(mod.SAMPLES) & (set(SAMPLES) | set(merged))
+        assert not clash, f"{f} repeats samples: {clash}"
+        merged.update(mod.SAMPLES)
+    return merged
+
+
+SAMPLES.update(_domain_samples())
 
 PRINCIPALS = ["anonymous", "admin", "outsider", *[r.value for r in ProjectRole]]
 
@@ -148,7 +171,7 @@ def test_every_role_against_every_route(client, runtime, app):
         from medlabel.accounts.service import Actor
 
         job_id = jobs.create_job(s, Actor(ids["admin"], "root", "admin"), "system.selftest", {}, project_id=project_id).id
-    ctx = Ctx(runtime, project_id, job_id)
+    ctx = Ctx(runtime, project_id, job_id, ids, {})
     failures = []
     checked = 0
     for method, path, route in api_routes(app):

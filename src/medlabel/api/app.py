@@ -7,8 +7,8 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 
 from fastapi import APIRouter, FastAPI
-from fastapi.routing import APIRoute
 from fastapi.responses import FileResponse, Response
+from fastapi.routing import APIRoute
 from fastapi.staticfiles import StaticFiles
 
 from medlabel import __version__
@@ -23,7 +23,14 @@ API_PREFIX = "/api/v1"
 STATIC_DIR = Path(__file__).resolve().parent.parent / "web" / "static"
 
 
-ROUTERS: tuple[APIRouter, ...] = (health.router, auth.router, users.router, projects.router, jobs.router, audit.router)
+ROUTERS: tuple[APIRouter, ...] = (
+    health.router,
+    auth.router,
+    users.router,
+    projects.router,
+    jobs.router,
+    audit.router,
+)
 
 
 def api_router() -> APIRouter:
@@ -38,7 +45,7 @@ def iter_api_routes() -> Iterator[tuple[str, str, APIRoute]]:
     for r in ROUTERS:
         for route in r.routes:
             if isinstance(route, APIRoute):
-                for method in sorted(route.methods):
+                for method in sorted(route.methods or ()):
                     yield method, API_PREFIX + route.path, route
 
 

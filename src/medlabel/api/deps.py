@@ -17,7 +17,8 @@ from sqlalchemy.orm import Session
 
 from medlabel.accounts import service as accounts
 from medlabel.accounts.service import Actor
-from medlabel.errors import Forbidden, Unauthorized
+from medlabel.errors import Forbidden, NotFound, Unauthorized
+from medlabel.items.models import Item
 from medlabel.projects import service as projects
 from medlabel.projects.service import ProjectAccess
 from medlabel.runtime import Runtime
@@ -36,6 +37,8 @@ __all__ = [
     "global_permission",
     "project_permission",
     "object_rule",
+    "item_permission",
+    "ItemAccess",
     "client_ip",
     "session_token",
 ]
@@ -126,6 +129,30 @@ def project_permission(permission: Permission) -> Callable[..., ProjectAccess]:
         return projects.require_project(session, actor, project_id, permission)
 
     dep.__name__ = f"project_{permission.name.lower()}"
+    return _mark(dep, Rule("project", permission))
+
+
+@dataclass(frozen=True)
+class ItemAccess:
+    item: Item
+    access: ProjectAccess
+
+
+def item_permission(permission: Permission) -> Callable[..., ItemAccess]:
+    """Like ``project_permission`` for routes under ``/items/{item_id}``: the item's project
+    decides. Non-members get the same 404 as for an item that does not exist."""
+
+    def dep(actor: ActorDep, session: SessionDep, item_id: Annotated[int, Path(ge=1)]) -> ItemAccess:
+        item = session.get(Item, item_id)
+        if item is None:
+            raise NotFound(f"no item with id {item_id}")
+        try:
+            access = projects.require_project(session, actor, item.project_id, permission)
+        except NotFound:
+            raise NotFound(f"no item with id {item_id}") from None
+        return ItemAccess(item, access)
+
+    dep.__name__ = f"item_{permission.name.lower()}"
     return _mark(dep, Rule("project", permission))
 
 

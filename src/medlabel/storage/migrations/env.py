@@ -5,7 +5,7 @@ from __future__ import annotations
 from alembic import context
 from sqlalchemy import create_engine
 
-from medlabel.storage import models  # noqa: F401  (registers the tables)
+from medlabel.storage import all_models  # noqa: F401  (registers every table)
 from medlabel.storage.db import Base
 
 config = context.config
