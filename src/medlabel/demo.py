@@ -15,7 +15,7 @@ from medlabel.projects import service as projects
 from medlabel.security.rbac import GlobalRole
 from medlabel.storage.models import Project, User
 
-__all__ = ["load_demo", "DEMO_TEAM", "DEMO_PROJECT"]
+__all__ = ["load_demo", "DEMO_TEAM", "DEMO_PROJECT", "DEMO_HOOKS", "DemoHook"]
 
 DEMO_PROJECT = "Demo: chest X-ray triage"
 DEMO_TEAM = [
@@ -25,6 +25,10 @@ DEMO_TEAM = [
     ("audrey", "auditor"),
 ]
 CREDENTIALS_FILE = "demo-credentials.txt"
+
+# Domains add demo content with a hook: (session, home, project_id, admin actor) -> extra lines to print.
+DemoHook = Callable[[Session, Path, int, Actor], list[str]]
+DEMO_HOOKS: list[DemoHook] = []
 
 
 def load_demo(session: Session, home: Path, *, password_factory: Callable[[], str]) -> list[str]:
@@ -61,6 +65,8 @@ def load_demo(session: Session, home: Path, *, password_factory: Callable[[], st
             accounts.set_password(session, user, pw, actor=system)
         projects.add_member(session, admin_actor, project, username, role)
         lines.append(f"{username:8s} / {pw}   ({role} in {DEMO_PROJECT!r})")
+    for hook in DEMO_HOOKS:
+        lines.extend(hook(session, home, project.id, admin_actor))
     fd = os.open(cred_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as fh:
         fh.write("\n".join(lines) + "\n")

@@ -512,6 +512,28 @@ def demo(
         serve(host=host, port=port, worker=True)
 
 
+# ---------------------------------------------------------------- domain commands
+
+DOMAIN_CLI_MODULES = ("medlabel.cli.items", "medlabel.cli.labeling", "medlabel.cli.quality")
+
+
+def _register_domain_commands() -> None:
+    """Each domain adds its commands in ``medlabel/cli/<domain>.py`` with ``register(app)``."""
+    import importlib
+
+    for name in DOMAIN_CLI_MODULES:
+        try:
+            module = importlib.import_module(name)
+        except ModuleNotFoundError as exc:
+            if exc.name == name:
+                continue
+            raise
+        module.register(app)
+
+
+_register_domain_commands()
+
+
 def main() -> None:  # pragma: no cover
     app()
 
