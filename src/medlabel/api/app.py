@@ -30,6 +30,9 @@ ROUTERS: tuple[APIRouter, ...] = (
     projects.router,
     jobs.router,
     audit.router,
+    items.router,
+    labeling.router,
+    quality.router,
 )
 
 
