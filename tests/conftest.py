@@ -35,11 +35,29 @@ def reset_postgres(url: str) -> None:
     engine.dispose()
 
 
+@pytest.fixture(scope="session")
+def pg_database() -> Iterator[str]:
+    """A database of this test run's own on the server MEDLABEL_TEST_DATABASE_URL names, so
+    concurrent runs (developers, CI) never drop each other's tables."""
+    from sqlalchemy.engine import make_url
+
+    base = make_url(_pg_url())
+    name = f"medlabel_test_{os.getpid()}"
+    admin = create_engine(base, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(text(f'DROP DATABASE IF EXISTS "{name}"'))
+        conn.execute(text(f'CREATE DATABASE "{name}"'))
+    yield base.set(database=name).render_as_string(hide_password=False)
+    with admin.connect() as conn:
+        conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    admin.dispose()
+
+
 @pytest.fixture(params=_BACKENDS)
 def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     if request.param == "sqlite":
         return f"sqlite:///{tmp_path / 'medlabel.db'}"
-    url = _pg_url()
+    url: str = request.getfixturevalue("pg_database")
     reset_postgres(url)
     return url
 
