@@ -1,0 +1,3 @@
+"""Quality assurance: the pure metric core lives in :mod:`medlabel.quality.metrics`."""
+
+__all__: list[str] = []
