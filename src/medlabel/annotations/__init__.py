@@ -1,0 +1,100 @@
+"""Pure core of annotations: label schemas, geometry, COCO RLE masks, validation, provenance.
+
+No database, no HTTP: numpy, shapely and frozen dataclasses only. Services persist what these
+functions return; see ``docs/annotations.md`` and ``docs/schema.md``.
+"""
+
+from medlabel.annotations.geometry import (
+    BBox,
+    Point,
+    Polygon,
+    Polyline,
+    bbox_iou,
+    mask_dice,
+    mask_iou,
+    polygon_iou,
+    polygon_validity,
+    rasterize_polygon,
+    repair_polygon,
+)
+from medlabel.annotations.masks import PackedArray, VolumeMask, pack_array, unpack_array
+from medlabel.annotations.model import (
+    Annotation,
+    AnnotationSet,
+    ImageExtent,
+    Plane,
+    Provenance,
+    apply_save,
+    derive,
+    lineage,
+    parse_if_match,
+)
+from medlabel.annotations.rle import RLE
+from medlabel.annotations.schema import (
+    AnnotationType,
+    AttributeSpec,
+    AttributeType,
+    CodedConcept,
+    LabelClass,
+    LabelSchema,
+    Question,
+    QuestionKind,
+    SchemaChange,
+    evolve_schema,
+    load_schema_yaml,
+)
+from medlabel.annotations.validate import (
+    SCHEMA_RULES,
+    IssueSeverity,
+    ValidationIssue,
+    ValidationResult,
+    check_annotation_set,
+    validate_annotation,
+    validate_annotation_set,
+)
+
+__all__ = [
+    "Annotation",
+    "AnnotationSet",
+    "AnnotationType",
+    "AttributeSpec",
+    "AttributeType",
+    "BBox",
+    "CodedConcept",
+    "ImageExtent",
+    "IssueSeverity",
+    "LabelClass",
+    "LabelSchema",
+    "PackedArray",
+    "Plane",
+    "Point",
+    "Polygon",
+    "Polyline",
+    "Provenance",
+    "Question",
+    "QuestionKind",
+    "RLE",
+    "SCHEMA_RULES",
+    "SchemaChange",
+    "ValidationIssue",
+    "ValidationResult",
+    "VolumeMask",
+    "apply_save",
+    "bbox_iou",
+    "check_annotation_set",
+    "derive",
+    "evolve_schema",
+    "lineage",
+    "load_schema_yaml",
+    "mask_dice",
+    "mask_iou",
+    "pack_array",
+    "parse_if_match",
+    "polygon_iou",
+    "polygon_validity",
+    "rasterize_polygon",
+    "repair_polygon",
+    "unpack_array",
+    "validate_annotation",
+    "validate_annotation_set",
+]
