@@ -16,8 +16,12 @@ from medlabel.storage.models import Job
 @job_kind("test.progress")
 def progress_job(ctx: JobContext) -> dict:
     ctx.progress(50, "half way")
-    with session_scope(ctx.runtime.sessions) as s:
-        seen = s.scalar(select(Job.progress).where(Job.id == ctx.job_id))
+    deadline = time.monotonic() + 20
+    seen = None
+    while seen != 50 and time.monotonic() < deadline:  # progress is written by the heartbeat thread
+        with session_scope(ctx.runtime.sessions) as s:
+            seen = s.scalar(select(Job.progress).where(Job.id == ctx.job_id))
+        time.sleep(0.05)
     ctx.progress(90, "nearly")
     return {"seen_progress": seen, "attempt": ctx.attempt}
 
@@ -42,3 +46,13 @@ def wait_for_file(ctx: JobContext) -> dict:
             raise TimeoutError(f"{path} never appeared")
         time.sleep(0.1)
     return {"attempt": ctx.attempt}
+
+
+@job_kind("test.progress_in_transaction")
+def progress_in_transaction(ctx: JobContext) -> dict:
+    """Reports progress while holding a write transaction: must not wait on itself."""
+    with session_scope(ctx.runtime.sessions) as s:
+        job = s.get(Job, ctx.job_id)
+        ctx.progress(30, "inside a transaction")
+        job.message = "still inside"
+    return {"ok": True}

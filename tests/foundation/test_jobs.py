@@ -174,3 +174,8 @@ def test_reaper_gives_up_after_max_attempts(runtime):
     with session_scope(runtime.sessions) as s:
         job = s.get(Job, job_id)
         assert job.state == "failed" and "giving up" in job.message
+
+
+def test_progress_inside_a_transaction_does_not_deadlock(queue_runtime):
+    job = _wait(queue_runtime, _submit(queue_runtime, "test.progress_in_transaction"), timeout=30)
+    assert job.state == "succeeded" and job.result == {"ok": True}

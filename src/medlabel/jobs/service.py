@@ -111,16 +111,34 @@ def execute_job(rt: Runtime, job_id: str) -> None:
         kind, params, attempt, max_attempts = job.kind, dict(job.params or {}), job.attempts, job.max_attempts
 
     stop = threading.Event()
+    wake = threading.Event()
+    pending: dict[str, Any] = {}
+    lock = threading.Lock()
 
     def beat() -> None:
-        while not stop.wait(HEARTBEAT_EVERY):
+        """Write heartbeats and the latest progress from a thread of its own, so a handler that
+        reports progress while it holds a transaction never waits on itself (SQLite has one writer)."""
+        while True:
+            wake.wait(HEARTBEAT_EVERY)
+            wake.clear()
+            final = stop.is_set()
+            with lock:
+                values = {**pending, "heartbeat_at": clock.now()}
+                pending.clear()
             try:
-                _set(rt, job_id, heartbeat_at=clock.now())
+                _set(rt, job_id, **values)
             except Exception:  # noqa: BLE001  (a missed heartbeat must not kill the job)
-                log.exception("heartbeat for job %s failed", job_id)
+                log.warning("heartbeat for job %s failed; retrying", job_id, exc_info=True)
+                with lock:
+                    for k, v in values.items():
+                        pending.setdefault(k, v)
+            if final:
+                return
 
     def progress(pct: int, message: str) -> None:
-        _set(rt, job_id, progress=pct, message=message, heartbeat_at=clock.now())
+        with lock:
+            pending.update(progress=pct, message=message)
+        wake.set()
 
     hb = threading.Thread(target=beat, name=f"job-heartbeat-{job_id[:8]}", daemon=True)
     hb.start()
@@ -131,6 +149,7 @@ def execute_job(rt: Runtime, job_id: str) -> None:
         )
     except Exception as exc:  # noqa: BLE001  (every failure is recorded on the job)
         stop.set()
+        wake.set()
         hb.join()
         retryable = not isinstance(exc, MedlabelError) and attempt < max_attempts
         message = f"{type(exc).__name__}: {exc}"
@@ -154,6 +173,7 @@ def execute_job(rt: Runtime, job_id: str) -> None:
             )
         return
     stop.set()
+    wake.set()
     hb.join()
     _set(
         rt,
