@@ -15,6 +15,7 @@ MEDLABEL_LOCKOUT_MINUTES       how long a locked account stays locked          1
 MEDLABEL_LOGIN_RATE            failed logins per address per window            20
 MEDLABEL_LOGIN_WINDOW_MIN      the rate-limit window in minutes                5
 MEDLABEL_COOKIE_SECURE         send the session cookie only over HTTPS         0
+MEDLABEL_QUEUE_NAME            job queue name (Redis key prefix)               medlabel
 =============================  ==============================================  =========================
 
 The secret key is never a hard-coded default: ``ensure_home`` generates it once into
@@ -50,6 +51,7 @@ class Settings:
     login_rate: int = 20
     login_window: timedelta = timedelta(minutes=5)
     cookie_secure: bool = False
+    queue_name: str = "medlabel"
     secret_key: bytes = b""
 
     @property
@@ -100,6 +102,7 @@ def load_settings(env: dict[str, str] | None = None) -> Settings:
         login_rate=_int(env, "MEDLABEL_LOGIN_RATE", 20),
         login_window=timedelta(minutes=_int(env, "MEDLABEL_LOGIN_WINDOW_MIN", 5)),
         cookie_secure=env.get("MEDLABEL_COOKIE_SECURE", "0") in ("1", "true", "yes"),
+        queue_name=env.get("MEDLABEL_QUEUE_NAME") or "medlabel",
     )
 
 

@@ -19,8 +19,10 @@ from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
 from medlabel.config import Settings, ensure_home
+from medlabel.items import jobs as items_jobs  # noqa: F401  (registers items.import)
 from medlabel.jobs import builtin  # noqa: F401  (registers the built-in job kinds)
 from medlabel.jobs.registry import load_plugins
+from medlabel.quality import jobs as quality_jobs  # noqa: F401
 from medlabel.storage.blobs import BlobStore, LocalBlobStore
 from medlabel.storage.db import make_engine, make_sessionmaker
 from medlabel.storage.migrate import upgrade
@@ -93,8 +95,8 @@ class Runtime:
 
 def _make_huey(settings: Settings) -> Huey:
     if settings.redis_url:
-        return RedisHuey("medlabel", url=settings.redis_url, results=False)
-    return SqliteHuey("medlabel", filename=str(settings.queue_path), results=False)
+        return RedisHuey(settings.queue_name, url=settings.redis_url, results=False)
+    return SqliteHuey(settings.queue_name, filename=str(settings.queue_path), results=False)
 
 
 def create_runtime(settings: Settings, *, migrate: bool = True) -> Runtime:

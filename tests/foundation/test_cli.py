@@ -26,8 +26,16 @@ def test_init_users_projects_members(home):
     r = runner.invoke(app, ["init"])
     assert r.exit_code == 0 and str(home) in r.output
     assert stat.S_IMODE((home / "secret.key").stat().st_mode) == 0o600
-    assert runner.invoke(app, ["user", "add", "alice", "--role", "admin", "--password-stdin"], input="long-enough-pw\n").exit_code == 0
-    assert runner.invoke(app, ["user", "add", "bob", "--password-stdin"], input="long-enough-pw\n").exit_code == 0
+    assert (
+        runner.invoke(
+            app, ["user", "add", "alice", "--role", "admin", "--password-stdin"], input="long-enough-pw\n"
+        ).exit_code
+        == 0
+    )
+    assert (
+        runner.invoke(app, ["user", "add", "bob", "--password-stdin"], input="long-enough-pw\n").exit_code
+        == 0
+    )
     dup = runner.invoke(app, ["user", "add", "bob", "--password-stdin"], input="long-enough-pw\n")
     assert dup.exit_code == 1 and "already exists" in dup.output
     weak = runner.invoke(app, ["user", "add", "carol", "--password-stdin"], input="short\n")
@@ -79,3 +87,17 @@ def test_deid_folder(home, tmp_path):
     assert json.loads(report.read_text())["counts"]["skipped"] == 1
     bad = runner.invoke(app, ["deid", str(src), str(tmp_path / "out2"), "--option", "make_it_safe"])
     assert bad.exit_code == 2 and "unknown option" in bad.output
+
+
+def test_project_create_with_schema(home):
+    from pathlib import Path
+
+    examples = Path(__file__).resolve().parents[2] / "examples" / "schemas"
+    r = runner.invoke(app, ["project", "create", "Lesions", "--schema", str(examples / "ct_lesion.yaml")])
+    assert r.exit_code == 0, r.output
+    assert "with its label schema" in r.output
+    bad = Path(home).parent / "bad.yaml"
+    bad.write_text("classes: [{name: 3}]\n")
+    r = runner.invoke(app, ["project", "create", "Broken", "--schema", str(bad)])
+    assert r.exit_code == 1 and "is required but missing" in r.output
+    assert "Broken" not in runner.invoke(app, ["project", "list"]).output  # nothing half-created

@@ -59,10 +59,10 @@ def queue_runtime(request, settings):
             if REQUIRE_SERVICES:
                 pytest.fail(f"Redis is required in CI but {REDIS_URL} does not answer")
             pytest.skip(f"no Redis at {REDIS_URL}")
-        import redis
+        import uuid
 
-        redis.Redis.from_url(REDIS_URL).flushdb()
-        settings = settings.with_(redis_url=REDIS_URL)
+        # a queue of this test's own: concurrent runs sharing the Redis never take each other's jobs
+        settings = settings.with_(redis_url=REDIS_URL, queue_name=f"medlabel-test-{uuid.uuid4().hex[:12]}")
     rt = create_runtime(settings)
     rt.start_worker(workers=2)
     yield rt

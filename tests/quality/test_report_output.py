@@ -13,7 +13,6 @@ from html.parser import HTMLParser
 import numpy as np
 import pytest
 from sklearn.metrics import cohen_kappa_score
-from tests.quality.test_report import PERIOD, T0, matrix, noisy_ratings
 
 from medlabel.quality.html import fmt, render_html
 from medlabel.quality.metrics import Box
@@ -28,6 +27,7 @@ from medlabel.quality.records import (
     WorkRecord,
 )
 from medlabel.quality.report import CSV_COLUMNS, QualityReport, build_report
+from tests.quality.test_report import PERIOD, T0, matrix, noisy_ratings
 
 VOID = {"meta", "br", "hr", "img", "input", "link", "col", "wbr", "area", "base", "source"}
 SVG_EMPTY = {"line", "circle", "rect", "polyline", "path"}

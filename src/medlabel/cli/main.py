@@ -170,15 +170,31 @@ def user_list() -> None:
 
 
 @project_app.command("create")
-def project_create(name: str, description: Annotated[str, typer.Option(help="Free text.")] = "") -> None:
-    """Create a project."""
+def project_create(
+    name: str,
+    description: Annotated[str, typer.Option(help="Free text.")] = "",
+    schema: Annotated[Path | None, typer.Option(help="Label schema (YAML), see docs/schema.md.")] = None,
+) -> None:
+    """Create a project, optionally with its label schema."""
     from medlabel.projects import service as projects
 
+    text = None
+    if schema is not None:
+        try:
+            text = schema.read_text()
+        except OSError as exc:
+            typer.secho(f"error: cannot read schema file {schema}: {exc.strerror}", fg="red", err=True)
+            raise typer.Exit(2) from None
     rt = _runtime()
     try:
         with session_scope(rt.sessions) as s:
-            p = projects.create_project(s, _cli_actor(), name, description)
-            typer.echo(f"created project {p.name!r} (id {p.id})")
+            actor = _cli_actor()
+            p = projects.create_project(s, actor, name, description)
+            if text is not None:
+                from medlabel.labeling.schema_service import parse_schema_document, put_schema
+
+                put_schema(s, actor, p, schema=parse_schema_document(text))
+            typer.echo(f"created project {p.name!r} (id {p.id}){' with its label schema' if text else ''}")
     except MedlabelError as exc:
         raise _fail(exc) from None
     finally:

@@ -1,7 +1,77 @@
-"""Routes for the quality domain (filled in by its issue)."""
+"""Quality: the project's agreement/KPI report as JSON, and report files built by a job."""
 
 from __future__ import annotations
 
-from fastapi import APIRouter
+from typing import Annotated, Any, Literal
+
+from fastapi import APIRouter, Depends, Query, Response
+from pydantic import BaseModel, ConfigDict, Field
+
+from medlabel.api.deps import ActorDep, RuntimeDep, SessionDep, project_permission
+from medlabel.api.schemas import JobRead
+from medlabel.errors import NotFound
+from medlabel.jobs import service as jobs
+from medlabel.projects.service import ProjectAccess
+from medlabel.quality.jobs import period_from_params
+from medlabel.quality.service import project_report
+from medlabel.security.rbac import Permission
+from medlabel.storage.models import Job
 
 router = APIRouter(tags=["quality"])
+CanRead = Annotated[ProjectAccess, Depends(project_permission(Permission.QUALITY_READ))]
+
+_MEDIA = {"html": "text/html; charset=utf-8", "csv": "text/csv; charset=utf-8", "json": "application/json"}
+
+
+class ReportCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    week: str | None = Field(default=None, pattern=r"^\d{4}-W\d{2}$", examples=["2026-W48"])
+    start: str | None = None
+    end: str | None = None
+    bootstrap_n: int = Field(default=1000, ge=0, le=5000)
+
+
+@router.get("/projects/{project_id}/quality")
+def quality_report(
+    access: CanRead,
+    session: SessionDep,
+    week: Annotated[str | None, Query(pattern=r"^\d{4}-W\d{2}$", examples=["2026-W48"])] = None,
+    start: str | None = None,
+    end: str | None = None,
+    bootstrap_n: Annotated[int, Query(ge=0, le=2000)] = 200,
+) -> dict[str, Any]:
+    """Agreement, per-annotator accuracy, error rates, throughput and alerts for a period
+    (an ISO week, or ISO ``start``/``end`` times), as JSON."""
+    period = period_from_params({"week": week, "start": start, "end": end})
+    report = project_report(session, access.project, period=period, bootstrap_n=bootstrap_n)
+    return report.to_dict()
+
+
+@router.post("/projects/{project_id}/quality/reports", response_model=JobRead, status_code=202)
+def create_report(
+    body: ReportCreate, access: CanRead, actor: ActorDep, session: SessionDep, rt: RuntimeDep
+) -> JobRead:
+    """Queue a report job; its result names the HTML, CSV and JSON files."""
+    params = {"project_id": access.project.id, **body.model_dump(exclude_none=True)}
+    period_from_params(params)  # refuse a bad period now, not in the worker
+    job = jobs.create_job(session, actor, "quality.report", params, project_id=access.project.id)
+    session.commit()
+    rt.enqueue(job.id)
+    return JobRead.model_validate(job)
+
+
+@router.get("/projects/{project_id}/quality/reports/{job_id}/{fmt}")
+def report_file(
+    job_id: str, fmt: Literal["html", "csv", "json"], access: CanRead, session: SessionDep, rt: RuntimeDep
+) -> Response:
+    """A finished report as a self-contained HTML page, CSV or JSON."""
+    job = session.get(Job, job_id)
+    if job is None or job.kind != "quality.report" or job.project_id != access.project.id:
+        raise NotFound(f"no report {job_id!r} in this project")
+    if job.state != jobs.SUCCEEDED or not job.result or fmt not in job.result:
+        raise NotFound(f"report {job_id!r} is {job.state}, not ready")
+    data = rt.blobs.get(str(job.result[fmt]))
+    filename = f"quality-{job_id[:8]}.{fmt}"
+    return Response(
+        data, media_type=_MEDIA[fmt], headers={"Content-Disposition": f'inline; filename="{filename}"'}
+    )
