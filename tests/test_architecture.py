@@ -9,10 +9,34 @@ from pathlib import Path
 
 SRC = Path(__file__).resolve().parents[1] / "src" / "medlabel"
 
-CORE = ["imaging", "annotations", "quality", "workflow", "security", "deid", "interop", "errors.py", "clock.py"]
+CORE = [
+    "imaging",
+    "annotations",
+    "quality",
+    "workflow",
+    "security",
+    "deid",
+    "interop",
+    "errors.py",
+    "clock.py",
+]
 ENTRY = ["medlabel.api", "medlabel.cli", "medlabel.web", "medlabel.client", "medlabel.worker"]
-CORE_FORBIDDEN = ["sqlalchemy", "alembic", "fastapi", "starlette", "uvicorn", "huey", "redis", "medlabel.storage",
-                  "medlabel.runtime", "medlabel.accounts", "medlabel.projects", "medlabel.audit", "medlabel.jobs", *ENTRY]
+CORE_FORBIDDEN = [
+    "sqlalchemy",
+    "alembic",
+    "fastapi",
+    "starlette",
+    "uvicorn",
+    "huey",
+    "redis",
+    "medlabel.storage",
+    "medlabel.runtime",
+    "medlabel.accounts",
+    "medlabel.projects",
+    "medlabel.audit",
+    "medlabel.jobs",
+    *ENTRY,
+]
 SERVICE_FORBIDDEN = ["fastapi", "starlette", "uvicorn", *ENTRY]
 
 
@@ -50,7 +74,11 @@ def test_core_imports_no_outer_ring():
 
 
 def test_services_import_no_entry_points():
-    files = [f for f in SRC.rglob("*.py") if not any(str(f.relative_to(SRC)).startswith(e.split(".")[1]) for e in ENTRY)]
+    files = [
+        f
+        for f in SRC.rglob("*.py")
+        if not any(str(f.relative_to(SRC)).startswith(e.split(".")[1]) for e in ENTRY)
+    ]
     files = [f for f in files if f.name != "__main__.py"]
     assert _violations(files, SERVICE_FORBIDDEN) == []
 

@@ -71,5 +71,7 @@ def load_demo(session: Session, home: Path, *, password_factory: Callable[[], st
     with os.fdopen(fd, "w") as fh:
         fh.write("\n".join(lines) + "\n")
     return lines
+
+
 from medlabel.items import demo as _items_demo  # noqa: E402, F401  (registers the items demo hook)
 from medlabel.labeling import demo as _labeling_demo  # noqa: E402, F401  (registers the labeling demo hook)

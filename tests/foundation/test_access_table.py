@@ -53,17 +53,34 @@ def _fresh_member(ctx: Ctx) -> dict[str, Any]:
 
 SAMPLES: dict[tuple[str, str], Sample] = {
     ("GET", "/api/v1/health"): lambda c: {"url": "/api/v1/health"},
-    ("POST", "/api/v1/auth/login"): lambda c: {"url": "/api/v1/auth/login", "json": {"username": "spare", "password": PASSWORD}},
+    ("POST", "/api/v1/auth/login"): lambda c: {
+        "url": "/api/v1/auth/login",
+        "json": {"username": "spare", "password": PASSWORD},
+    },
     ("POST", "/api/v1/auth/logout"): lambda c: {"url": "/api/v1/auth/logout"},
     ("GET", "/api/v1/auth/me"): lambda c: {"url": "/api/v1/auth/me"},
     ("GET", "/api/v1/users"): lambda c: {"url": "/api/v1/users"},
-    ("POST", "/api/v1/users"): lambda c: {"url": "/api/v1/users", "json": {"username": f"new{next(_counter)}", "password": PASSWORD}},
+    ("POST", "/api/v1/users"): lambda c: {
+        "url": "/api/v1/users",
+        "json": {"username": f"new{next(_counter)}", "password": PASSWORD},
+    },
     ("GET", "/api/v1/projects"): lambda c: {"url": "/api/v1/projects"},
-    ("POST", "/api/v1/projects"): lambda c: {"url": "/api/v1/projects", "json": {"name": f"P{next(_counter)}"}},
+    ("POST", "/api/v1/projects"): lambda c: {
+        "url": "/api/v1/projects",
+        "json": {"name": f"P{next(_counter)}"},
+    },
     ("GET", "/api/v1/projects/{project_id}"): lambda c: {"url": f"/api/v1/projects/{c.project_id}"},
-    ("PATCH", "/api/v1/projects/{project_id}"): lambda c: {"url": f"/api/v1/projects/{c.project_id}", "json": {"description": f"d{next(_counter)}"}},
-    ("GET", "/api/v1/projects/{project_id}/members"): lambda c: {"url": f"/api/v1/projects/{c.project_id}/members"},
-    ("POST", "/api/v1/projects/{project_id}/members"): lambda c: {"url": f"/api/v1/projects/{c.project_id}/members", "json": {"username": "spare", "role": "annotator"}},
+    ("PATCH", "/api/v1/projects/{project_id}"): lambda c: {
+        "url": f"/api/v1/projects/{c.project_id}",
+        "json": {"description": f"d{next(_counter)}"},
+    },
+    ("GET", "/api/v1/projects/{project_id}/members"): lambda c: {
+        "url": f"/api/v1/projects/{c.project_id}/members"
+    },
+    ("POST", "/api/v1/projects/{project_id}/members"): lambda c: {
+        "url": f"/api/v1/projects/{c.project_id}/members",
+        "json": {"username": "spare", "role": "annotator"},
+    },
     ("DELETE", "/api/v1/projects/{project_id}/members/{username}/{role}"): _fresh_member,
     ("GET", "/api/v1/jobs/{job_id}"): lambda c: {"url": f"/api/v1/jobs/{c.job_id}"},
     ("GET", "/api/v1/jobs"): lambda c: {"url": "/api/v1/jobs"},
@@ -71,6 +88,7 @@ SAMPLES: dict[tuple[str, str], Sample] = {
     ("GET", "/api/v1/audit/events"): lambda c: {"url": "/api/v1/audit/events"},
     ("GET", "/api/v1/audit/verify"): lambda c: {"url": "/api/v1/audit/verify"},
 }
+
 
 def _domain_samples() -> dict[tuple[str, str], Sample]:
     """Domains keep their samples beside their tests: ``tests/<domain>/access_samples.py``
@@ -170,7 +188,9 @@ def test_every_role_against_every_route(client, runtime, app):
     with session_scope(runtime.sessions) as s:
         from medlabel.accounts.service import Actor
 
-        job_id = jobs.create_job(s, Actor(ids["admin"], "root", "admin"), "system.selftest", {}, project_id=project_id).id
+        job_id = jobs.create_job(
+            s, Actor(ids["admin"], "root", "admin"), "system.selftest", {}, project_id=project_id
+        ).id
     ctx = Ctx(runtime, project_id, job_id, ids, {})
     failures = []
     checked = 0
@@ -187,7 +207,9 @@ def test_every_role_against_every_route(client, runtime, app):
             ok = (got not in (401, 403, 404) and got < 500) if want == "allow" else str(got) == want
             checked += 1
             if not ok:
-                failures.append(f"{principal:10s} {method:6s} {path}: want {want}, got {got} {resp.text[:120]}")
+                failures.append(
+                    f"{principal:10s} {method:6s} {path}: want {want}, got {got} {resp.text[:120]}"
+                )
     assert not failures, "\n".join(failures)
     assert checked == len(api_routes(app)) * len(PRINCIPALS)
 
@@ -200,7 +222,9 @@ def test_denials_do_not_leak_or_write(client, runtime):
     make_project(runtime, "Other", {"stranger": ["manager"]})
     ann = session_headers(runtime, 1)
     r = client.patch(f"/api/v1/projects/{pid}", json={"name": "Renamed"}, headers=ann)
-    assert r.status_code == 403 and r.json()["error"]["detail"]["permission"] == Permission.PROJECT_UPDATE.value
+    assert (
+        r.status_code == 403 and r.json()["error"]["detail"]["permission"] == Permission.PROJECT_UPDATE.value
+    )
     stranger = session_headers(runtime, 2)
     for url in (f"/api/v1/projects/{pid}", f"/api/v1/projects/{pid}/members", "/api/v1/projects/99999"):
         r = client.get(url, headers=stranger)

@@ -18,7 +18,12 @@ from medlabel.storage.models import AuditEvent
 def _fill(rt, n: int = 6) -> None:
     for i in range(n):
         with session_scope(rt.sessions) as s:
-            audit.record(s, AuditEventData(action=AuditAction.PROJECT_READ, actor=f"user{i}", object_id=str(i), detail={"i": i}))
+            audit.record(
+                s,
+                AuditEventData(
+                    action=AuditAction.PROJECT_READ, actor=f"user{i}", object_id=str(i), detail={"i": i}
+                ),
+            )
 
 
 def _verify(rt):
@@ -81,8 +86,18 @@ def test_inserted_record_is_named(runtime):
         at = prev.at + timedelta(milliseconds=1)
         s.add(
             AuditEvent(
-                seq=4, at=at, actor_id=None, actor="mallory", ip="", action=str(forged.action), object_type="",
-                object_id="", project_id=None, outcome="success", detail={}, prev_hash=prev.hash,
+                seq=4,
+                at=at,
+                actor_id=None,
+                actor="mallory",
+                ip="",
+                action=str(forged.action),
+                object_type="",
+                object_id="",
+                project_id=None,
+                outcome="success",
+                detail={},
+                prev_hash=prev.hash,
                 hash=content_hash(prev.hash, at, forged),
             )
         )
@@ -97,7 +112,9 @@ def test_concurrent_appends_keep_one_chain(runtime):
     def worker(k: int) -> None:
         for i in range(10):
             with session_scope(runtime.sessions) as s:
-                audit.record(s, AuditEventData(action=AuditAction.PROJECT_READ, actor=f"t{k}", detail={"i": i}))
+                audit.record(
+                    s, AuditEventData(action=AuditAction.PROJECT_READ, actor=f"t{k}", detail={"i": i})
+                )
 
     threads = [threading.Thread(target=worker, args=(k,)) for k in range(4)]
     for t in threads:
@@ -138,7 +155,9 @@ def test_cli_verify_exit_codes_and_export(cli_env):
 
     runner = CliRunner()
     assert runner.invoke(app, ["init"]).exit_code == 0
-    r = runner.invoke(app, ["user", "add", "alice", "--role", "admin", "--password-stdin"], input="a-very-long-password\n")
+    r = runner.invoke(
+        app, ["user", "add", "alice", "--role", "admin", "--password-stdin"], input="a-very-long-password\n"
+    )
     assert r.exit_code == 0, r.output
     assert runner.invoke(app, ["project", "create", "Chest"]).exit_code == 0
     ok = runner.invoke(app, ["audit", "verify"])

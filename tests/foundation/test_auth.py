@@ -16,7 +16,11 @@ def test_login_sets_httponly_cookie_and_token_works(client, runtime):
     r = client.post("/api/v1/auth/login", json={"username": "alice", "password": PASSWORD})
     assert r.status_code == 200
     cookie = r.headers["set-cookie"]
-    assert "medlabel_session=" in cookie and "HttpOnly" in cookie and "SameSite=strict" in cookie.replace("Strict", "strict")
+    assert (
+        "medlabel_session=" in cookie
+        and "HttpOnly" in cookie
+        and "SameSite=strict" in cookie.replace("Strict", "strict")
+    )
     token = r.json()["token"]
     assert client.get("/api/v1/auth/me").json()["username"] == "alice"  # cookie
     client.cookies.clear()
@@ -78,12 +82,19 @@ def test_absolute_session_lifetime(client, runtime):
 def test_lockout_after_repeated_failures(client, runtime):
     make_user(runtime, "alice")
     for _ in range(5):
-        assert client.post("/api/v1/auth/login", json={"username": "alice", "password": "bad-password"}).status_code == 401
+        assert (
+            client.post(
+                "/api/v1/auth/login", json={"username": "alice", "password": "bad-password"}
+            ).status_code
+            == 401
+        )
     r = client.post("/api/v1/auth/login", json={"username": "alice", "password": PASSWORD})
     assert r.status_code == 423 and error_of(r)["code"] == "locked"
     assert "locked" in error_of(r)["message"]
     clock.set_offset(timedelta(minutes=16))
-    assert client.post("/api/v1/auth/login", json={"username": "alice", "password": PASSWORD}).status_code == 200
+    assert (
+        client.post("/api/v1/auth/login", json={"username": "alice", "password": PASSWORD}).status_code == 200
+    )
     with session_scope(runtime.sessions) as s:
         assert s.scalar(select(AuditEvent).where(AuditEvent.action == "auth.account_locked")) is not None
 
@@ -96,4 +107,6 @@ def test_failed_logins_are_rate_limited_per_address(client, runtime):
     r = client.post("/api/v1/auth/login", json={"username": "alice", "password": PASSWORD})
     assert r.status_code == 429 and error_of(r)["code"] == "rate_limited"
     clock.set_offset(timedelta(minutes=6))
-    assert client.post("/api/v1/auth/login", json={"username": "alice", "password": PASSWORD}).status_code == 200
+    assert (
+        client.post("/api/v1/auth/login", json={"username": "alice", "password": PASSWORD}).status_code == 200
+    )

@@ -21,14 +21,30 @@ def test_bad_bodies_are_named_and_write_nothing(client, runtime):
     h = login(client, "root")
     before = _counts(runtime)
     cases = [
-        ({"content": b"{not json", "headers": {**h, "Content-Type": "application/json"}}, None, "not valid JSON"),
+        (
+            {"content": b"{not json", "headers": {**h, "Content-Type": "application/json"}},
+            None,
+            "not valid JSON",
+        ),
         ({"json": {"password": "a-long-enough-password"}}, "username", None),
         ({"json": {"username": "bob", "password": 12345}}, "password", None),
-        ({"json": {"username": "bob", "password": "a-long-enough-password", "role": "emperor"}}, "role", None),
-        ({"json": {"username": "bob", "password": "a-long-enough-password", "colour": "red"}}, "colour", None),
+        (
+            {"json": {"username": "bob", "password": "a-long-enough-password", "role": "emperor"}},
+            "role",
+            None,
+        ),
+        (
+            {"json": {"username": "bob", "password": "a-long-enough-password", "colour": "red"}},
+            "colour",
+            None,
+        ),
         ({"json": ["not", "an", "object"]}, None, None),
         ({"json": {"username": "bob", "password": "short"}}, None, "at least 10 characters"),
-        ({"json": {"username": "../etc", "password": "a-long-enough-password"}}, None, "'../etc' is not allowed"),
+        (
+            {"json": {"username": "../etc", "password": "a-long-enough-password"}},
+            None,
+            "'../etc' is not allowed",
+        ),
     ]
     for kwargs, field, text in cases:
         kwargs.setdefault("headers", h)
@@ -56,12 +72,18 @@ def test_stale_if_match_is_412_and_keeps_the_data(client, runtime):
     make_user(runtime, "root", "admin")
     h = login(client, "root")
     pid = client.post("/api/v1/projects", json={"name": "Lungs"}, headers=h).json()["id"]
-    r = client.patch(f"/api/v1/projects/{pid}", json={"description": "first"}, headers={**h, "If-Match": '"1"'})
+    r = client.patch(
+        f"/api/v1/projects/{pid}", json={"description": "first"}, headers={**h, "If-Match": '"1"'}
+    )
     assert r.status_code == 200 and r.headers["etag"] == '"2"'
-    r = client.patch(f"/api/v1/projects/{pid}", json={"description": "stale"}, headers={**h, "If-Match": '"1"'})
+    r = client.patch(
+        f"/api/v1/projects/{pid}", json={"description": "stale"}, headers={**h, "If-Match": '"1"'}
+    )
     assert r.status_code == 412 and error_of(r)["detail"] == {"current_version": 2}
     assert client.get(f"/api/v1/projects/{pid}", headers=h).json()["description"] == "first"
-    r = client.patch(f"/api/v1/projects/{pid}", json={"description": "x"}, headers={**h, "If-Match": "yesterday"})
+    r = client.patch(
+        f"/api/v1/projects/{pid}", json={"description": "x"}, headers={**h, "If-Match": "yesterday"}
+    )
     assert r.status_code == 422 and "If-Match" in error_of(r)["message"]
 
 

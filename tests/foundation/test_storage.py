@@ -61,12 +61,19 @@ def test_secret_key_is_generated_once_with_0600(tmp_path):
 
 
 def test_settings_from_environment(tmp_path):
-    s = load_settings({"MEDLABEL_HOME": str(tmp_path), "MEDLABEL_IDLE_TIMEOUT_MIN": "5",
-                       "MEDLABEL_DATABASE_URL": "postgresql://u@h/db"})
+    s = load_settings(
+        {
+            "MEDLABEL_HOME": str(tmp_path),
+            "MEDLABEL_IDLE_TIMEOUT_MIN": "5",
+            "MEDLABEL_DATABASE_URL": "postgresql://u@h/db",
+        }
+    )
     assert s.home == tmp_path and s.idle_timeout.total_seconds() == 300
     assert s.database_url == "postgresql+psycopg://u@h/db"
     assert load_settings({"MEDLABEL_HOME": str(tmp_path)}).database_url.startswith("sqlite:///")
-    with pytest.raises(ConfigurationError, match="MEDLABEL_LOCKOUT_FAILURES must be a whole number, found 'many'"):
+    with pytest.raises(
+        ConfigurationError, match="MEDLABEL_LOCKOUT_FAILURES must be a whole number, found 'many'"
+    ):
         load_settings({"MEDLABEL_LOCKOUT_FAILURES": "many"})
 
 
