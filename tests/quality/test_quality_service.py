@@ -34,7 +34,9 @@ def _answers(seed: int, n: int) -> tuple[list[str], list[str]]:
     return a, b
 
 
-def build_project(rt, n_items: int = 30) -> dict:
+def build_project(
+    rt, n_items: int = 30, *, base: datetime = MONDAY, step: timedelta = timedelta(hours=1)
+) -> dict:
     ids = {name: make_user(rt, name) for name in ("ann1", "ann2", "rev", "boss")}
     a, b = _answers(7, n_items)
     with session_scope(rt.sessions) as s:
@@ -48,7 +50,7 @@ def build_project(rt, n_items: int = 30) -> dict:
         ):
             projects.add_member(s, admin, p, name, role)
         for i in range(n_items):
-            at = MONDAY + timedelta(hours=i)
+            at = base + i * step
             item = Item(
                 project_id=p.id,
                 kind="image",
