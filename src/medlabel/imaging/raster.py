@@ -104,7 +104,7 @@ def _read_tiff(src: RasterSource, limits: Limits, warnings: list[str]) -> Image:
             if len(tif.pages) > 1:
                 warnings.append(f"TIFF has {len(tif.pages)} pages; read the first")
             arr = page.asarray()
-            spacing = _tiff_spacing(page)
+            spacing = tiff_spacing_mm(page)
     except (tifffile.TiffFileError, ValueError, OSError, EOFError, KeyError) as exc:
         raise UnsupportedMedia(f"TIFF unreadable: {exc}") from exc
     if arr.ndim == 3 and page.planarconfig == 2 and arr.shape[0] in (3, 4) and shape[0] in (3, 4):
@@ -112,7 +112,7 @@ def _read_tiff(src: RasterSource, limits: Limits, warnings: list[str]) -> Image:
     return _build(arr, "tiff", warnings, spacing)
 
 
-def _tiff_spacing(page: tifffile.TiffPage) -> tuple[float, float] | None:
+def tiff_spacing_mm(page: tifffile.TiffPage) -> tuple[float, float] | None:
     """Pixel spacing in mm from X/YResolution when the unit is centimetre or inch."""
     try:
         unit = int(page.tags["ResolutionUnit"].value)

@@ -27,6 +27,7 @@ import tifffile
 
 from medlabel.errors import InvalidInput, TooLarge, UnsupportedMedia
 from medlabel.imaging.limits import DEFAULT_LIMITS, Limits
+from medlabel.imaging.raster import tiff_spacing_mm
 
 __all__ = ["SlideLevel", "SlideInfo", "Slide", "open_slide"]
 
@@ -280,20 +281,11 @@ class Slide:
 
 
 def _resolution_mpp(page: tifffile.TiffPage) -> tuple[float, float] | None:
-    try:
-        unit = int(page.tags["ResolutionUnit"].value)
-        xr = page.tags["XResolution"].value
-        yr = page.tags["YResolution"].value
-    except KeyError:
+    """Microns per pixel (x, y) from the TIFF resolution tags."""
+    spacing = tiff_spacing_mm(page)  # (row, column) in mm
+    if spacing is None:
         return None
-    um = {2: 25400.0, 3: 10000.0}.get(unit)
-    if um is None:
-        return None
-    x = xr[0] / xr[1] if xr[1] else 0.0
-    y = yr[0] / yr[1] if yr[1] else 0.0
-    if x <= 0 or y <= 0:
-        return None
-    return (um / x, um / y)
+    return (spacing[1] * 1000.0, spacing[0] * 1000.0)
 
 
 def open_slide(path: str | os.PathLike[str], *, limits: Limits = DEFAULT_LIMITS) -> Slide:
