@@ -24,9 +24,9 @@ import numpy.typing as npt
 from pydicom import pixels as pdpixels
 from pydicom.dataset import Dataset
 
-from medlabel.errors import DicomError, InvalidInput, MedlabelError, TooLarge, UnsupportedMedia
+from medlabel.errors import DicomError, InvalidInput, MedlabelError, UnsupportedMedia
 from medlabel.imaging.dicom import SUPPORTED_TRANSFER_SYNTAXES, open_dataset
-from medlabel.imaging.limits import DEFAULT_LIMITS, Limits
+from medlabel.imaging.limits import DEFAULT_LIMITS, Limits, check_region
 from medlabel.imaging.wsi import SlideInfo, SlideLevel
 
 __all__ = ["WSI_SOP_CLASS", "DicomSlide", "open_dicom_slide"]
@@ -201,15 +201,7 @@ class DicomSlide:
 
     def read_region(self, level: int, x: int, y: int, width: int, height: int) -> npt.NDArray[np.generic]:
         """``(height, width, 3)`` RGB or ``(height, width)`` gray; missing tiles and outside are white."""
-        if not 0 <= level < len(self._levels):
-            raise InvalidInput(f"level {level} out of range 0..{len(self._levels) - 1}")
-        if width <= 0 or height <= 0:
-            raise InvalidInput(f"region size must be positive, got {width}x{height}")
-        if width * height > self.limits.max_region_pixels:
-            raise TooLarge(
-                f"region {width}x{height} = {width * height} pixels exceeds the limit of "
-                f"{self.limits.max_region_pixels}"
-            )
+        check_region(level, len(self._levels), width, height, self.limits)
         lv = self._levels[level]
         dtype = np.dtype(lv.dtype)
         shape = (height, width, 3) if lv.samples == 3 else (height, width)

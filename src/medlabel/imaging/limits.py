@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 from medlabel.errors import InvalidInput, TooLarge
 
-__all__ = ["Limits", "DEFAULT_LIMITS", "check_budget"]
+__all__ = ["Limits", "DEFAULT_LIMITS", "check_budget", "check_region"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,4 +55,16 @@ def check_budget(
         raise TooLarge(
             f"{what}: {nbytes} bytes decoded exceeds the limit of {limits.max_bytes}",
             detail={"bytes": nbytes, "max_bytes": limits.max_bytes},
+        )
+
+
+def check_region(level: int, levels: int, width: int, height: int, limits: Limits) -> None:
+    """Refuse a slide region request that names no level, is empty, or is over the budget."""
+    if not 0 <= level < levels:
+        raise InvalidInput(f"level {level} out of range 0..{levels - 1}")
+    if width <= 0 or height <= 0:
+        raise InvalidInput(f"region size must be positive, got {width}x{height}")
+    if width * height > limits.max_region_pixels:
+        raise TooLarge(
+            f"region {width}x{height} = {width * height} pixels exceeds the limit of {limits.max_region_pixels}"
         )

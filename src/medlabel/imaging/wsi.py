@@ -26,7 +26,7 @@ import numpy.typing as npt
 import tifffile
 
 from medlabel.errors import InvalidInput, TooLarge, UnsupportedMedia
-from medlabel.imaging.limits import DEFAULT_LIMITS, Limits
+from medlabel.imaging.limits import DEFAULT_LIMITS, Limits, check_region
 from medlabel.imaging.raster import tiff_spacing_mm
 
 __all__ = ["SlideLevel", "SlideInfo", "Slide", "open_slide"]
@@ -191,15 +191,7 @@ class Slide:
         Parts outside the image are filled with white (255 for 8 bit). Returns ``(h, w, samples)``
         (RGBA is reduced to RGB) or ``(h, w)`` for single-sample slides.
         """
-        if not 0 <= level < len(self.levels):
-            raise InvalidInput(f"level {level} out of range 0..{len(self.levels) - 1}")
-        if width <= 0 or height <= 0:
-            raise InvalidInput(f"region size must be positive, got {width}x{height}")
-        if width * height > self.limits.max_region_pixels:
-            raise TooLarge(
-                f"region {width}x{height} = {width * height} pixels exceeds the limit of "
-                f"{self.limits.max_region_pixels}"
-            )
+        check_region(level, len(self.levels), width, height, self.limits)
         page = self._pages[level]
         lvl = self.levels[level]
         samples = int(page.samplesperpixel)
