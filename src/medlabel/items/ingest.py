@@ -7,8 +7,8 @@ The flow (see ``docs/ingest.md``):
    actually inflated, a member-count cap).
 2. **Sniff** each file by content and read it with the imaging core. DICOM is de-identified
    (PS3.15 Annex E via ``medlabel.deid``) before anything is stored; NIfTI headers are scrubbed;
-   PNG/JPEG/TIFF are re-encoded as PNG (no metadata survives); pyramidal TIFF/SVS slides are
-   stored as uploaded.
+   PNG/JPEG/TIFF are re-encoded as PNG (no metadata survives); pyramidal TIFF/SVS slides lose their
+   label/macro images and identifying tags (``medlabel.deid.slide``), the pyramid is kept.
 3. **Group** DICOM instances into series stacks (``medlabel.imaging.series``): stacks of two or
    more single-frame grey slices become ``volume`` items, everything else ``image`` items.
 4. **Store**: the item's blobs are written first, then the item, its instances, its quarantine
@@ -44,6 +44,7 @@ from medlabel.accounts.service import Actor
 from medlabel.audit import service as audit
 from medlabel.audit.events import AuditAction
 from medlabel.deid import DeidConfig, DeidContext, Option, deidentify_dataset, deidentify_nifti
+from medlabel.deid.slide import scrub_slide_tiff
 from medlabel.errors import InvalidInput, MedlabelError, NotFound, UnsupportedMedia
 from medlabel.imaging import FileKind, open_slide, read_nifti, read_raster, sniff
 from medlabel.imaging.dicom import image_from_dataset, info_from_dataset, open_dataset
@@ -546,18 +547,24 @@ def _file_sha(path: Path) -> str:
     return h.hexdigest()
 
 
-def _import_slide(run: _Run, cand: Candidate) -> None:
+def _import_slide(run: _Run, cand: Candidate, deid: bool) -> None:
     with open_slide(str(cand.path), limits=run.limits.image) as slide:
         info = slide.info
+    if deid:
+        # the upload is a working copy: label/macro images and identifying tags are removed in place
+        scrub = scrub_slide_tiff(cand.path)
+        notes = [f"removed associated image: {x}" for x in scrub.removed_images]
+        if scrub.dropped_fields:
+            notes.append("removed description fields: " + ", ".join(scrub.dropped_fields))
+    else:
+        notes = ["de-identification is off for this project: slide stored as uploaded"]
     sha = _file_sha(cand.path)
     key = f"sha:{sha}"
     if run.known_key(key) is not None:
         run.report.add(FileReport(cand.name, "duplicate", "already imported (same content)"))
         return
     blob = run.put_file(cand.path)
-    warnings = list(info.warnings) + [
-        "slide stored as uploaded: TIFF tags and associated label/macro images are not de-identified"
-    ]
+    warnings = list(info.warnings) + notes
     item = _new_item(
         run,
         kind="slide",
@@ -678,7 +685,7 @@ def run_import(
                 elif kind in (FileKind.PNG, FileKind.JPEG, FileKind.TIFF):
                     _import_raster(run, cand, kind)
                 elif kind is FileKind.WSI_TIFF:
-                    _import_slide(run, cand)
+                    _import_slide(run, cand, deid=settings.enabled)
                 elif kind is FileKind.ZIP:
                     raise UnsupportedMedia(
                         "nested archives are not unpacked; upload the inner archive itself"
