@@ -25,6 +25,7 @@ import hashlib
 import io
 import logging
 import shutil
+import uuid
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -46,7 +47,7 @@ from medlabel.audit.events import AuditAction
 from medlabel.deid import DeidConfig, DeidContext, Option, deidentify_dataset, deidentify_nifti
 from medlabel.deid.slide import scrub_slide_tiff
 from medlabel.errors import InvalidInput, MedlabelError, NotFound, UnsupportedMedia
-from medlabel.imaging import FileKind, open_slide, read_nifti, read_raster, sniff
+from medlabel.imaging import FileKind, open_slide, read_itk, read_nifti, read_raster, sniff
 from medlabel.imaging.dicom import image_from_dataset, info_from_dataset, open_dataset
 from medlabel.imaging.model import ImageInfo
 from medlabel.imaging.render import PRESETS
@@ -451,6 +452,24 @@ def _report_single(
 # ---------------------------------------------------------------- NIfTI, raster, slides
 
 
+def _import_nrrd(run: _Run, cand: Candidate, deid: bool) -> None:
+    """NRRD volumes are read with SimpleITK and stored as NIfTI; only geometry and voxels are
+    carried over, so the NRRD header's free-text fields (comments, keys) never reach storage."""
+    stem = uuid.uuid4().hex
+    path = cand.path
+    if path.suffix.lower() not in (".nrrd", ".nhdr"):  # SimpleITK chooses its reader by extension
+        path = run.work / f"{stem}.nrrd"
+        shutil.copyfile(cand.path, path)
+    vol = read_itk(str(path), limits=run.limits.image)
+    ras = np.diag([-1.0, -1.0, 1.0, 1.0]) @ vol.affine()  # LPS → RAS, index order (x, y, z)
+    img = nib.Nifti1Image(np.ascontiguousarray(np.transpose(vol.array, (2, 1, 0))), ras)
+    img.set_qform(ras, code=1)
+    img.set_sform(ras, code=1)
+    converted = run.work / f"{stem}-converted.nii"
+    nib.save(img, str(converted))
+    _import_nifti(run, Candidate(cand.name, converted), deid)
+
+
 def _import_nifti(run: _Run, cand: Candidate, deid: bool) -> None:
     vol = read_nifti(str(cand.path), limits=run.limits.image)  # validates geometry and data
     try:
@@ -682,6 +701,8 @@ def run_import(
                     )
                 elif kind is FileKind.NIFTI:
                     _import_nifti(run, cand, deid=settings.enabled)
+                elif kind is FileKind.NRRD:
+                    _import_nrrd(run, cand, deid=settings.enabled)
                 elif kind in (FileKind.PNG, FileKind.JPEG, FileKind.TIFF):
                     _import_raster(run, cand, kind)
                 elif kind is FileKind.WSI_TIFF:
@@ -692,7 +713,7 @@ def run_import(
                     )
                 else:
                     raise UnsupportedMedia(
-                        f"file kind {kind.value!r} is not importable (DICOM, NIfTI, PNG, JPEG, TIFF, "
+                        f"file kind {kind.value!r} is not importable (DICOM, NIfTI, NRRD, PNG, JPEG, TIFF, "
                         "pyramidal TIFF/SVS, or a ZIP of those)"
                     )
             except MedlabelError as exc:
