@@ -32,6 +32,13 @@ def _report_job(ctx: Any) -> str:
 
 
 SAMPLES = {
+    ("GET", "/api/v1/projects/{project_id}/quality/targets"): lambda c: {
+        "url": f"/api/v1/projects/{c.project_id}/quality/targets"
+    },
+    ("PUT", "/api/v1/projects/{project_id}/quality/targets"): lambda c: {
+        "url": f"/api/v1/projects/{c.project_id}/quality/targets",
+        "json": {"kappa": 0.7},
+    },
     ("GET", "/api/v1/projects/{project_id}/quality"): lambda c: {
         "url": f"/api/v1/projects/{c.project_id}/quality",
         "params": {"week": "2026-W47", "bootstrap_n": 0},

@@ -228,3 +228,22 @@ def test_cli_report_and_agreement(runtime, tmp_path, monkeypatch):
     )
     r = CliRunner().invoke(app, ["agreement", "No such project", "--week", WEEK])
     assert r.exit_code == 1 and "no project" in r.output
+
+
+def test_targets_are_set_by_managers_and_drive_alerts(client, runtime):
+    data = build_project(runtime, n_items=30)
+    boss = login(client, "boss")
+    url = f"/api/v1/projects/{data['project_id']}/quality/targets"
+    assert client.get(url, headers=boss).json()["kappa"] == 0.95  # set by build_project
+    r = client.put(url, json={"kappa": 0.1, "dice": 0.5}, headers=boss)
+    assert r.status_code == 200 and r.json()["kappa"] == 0.1 and r.json()["window_days"] == 7
+    doc = client.get(
+        f"/api/v1/projects/{data['project_id']}/quality",
+        params={"week": WEEK, "bootstrap_n": 0},
+        headers=boss,
+    ).json()
+    assert not [a for a in doc["alerts"] if a["metric"] == "kappa"]  # kappa ~0.5 is above 0.1
+    assert client.put(url, json={"kappa": 1.5}, headers=boss).status_code == 422
+    ann = login(client, "ann1")
+    assert client.put(url, json={"kappa": 0.2}, headers=ann).status_code == 403
+    assert client.get(url, headers=boss).json()["kappa"] == 0.1

@@ -25,11 +25,14 @@ import numpy as np
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from medlabel.accounts.service import Actor
 from medlabel.annotations.geometry import BBox
 from medlabel.annotations.geometry import Polygon as GeoPolygon
 from medlabel.annotations.masks import VolumeMask
 from medlabel.annotations.model import AnnotationSet
 from medlabel.annotations.rle import RLE, decode
+from medlabel.audit import service as audit
+from medlabel.audit.events import AuditAction
 from medlabel.errors import InvalidInput
 from medlabel.items.models import Item
 from medlabel.labeling.models import (
@@ -57,7 +60,14 @@ from medlabel.quality.records import (
 from medlabel.quality.report import QualityReport, build_report
 from medlabel.storage.models import Project, User
 
-__all__ = ["targets_for", "load_records", "project_report", "ReportFiles", "render_report_files"]
+__all__ = [
+    "targets_for",
+    "set_targets",
+    "load_records",
+    "project_report",
+    "ReportFiles",
+    "render_report_files",
+]
 
 QUALITY_KEY = "quality"
 
@@ -74,6 +84,25 @@ def targets_for(project: Project) -> Targets:
         )
     except (TypeError, ValueError) as exc:
         raise InvalidInput(f"project quality settings {raw!r} are invalid: {exc}") from None
+
+
+def set_targets(session: Session, actor: Actor, project: Project, targets: Targets) -> Targets:
+    """Store the project's quality targets (validated by ``Targets``); audited."""
+    settings = dict(project.settings or {})
+    settings[QUALITY_KEY] = targets.to_dict()
+    project.settings = settings
+    project.version += 1
+    audit.record(
+        session,
+        actor.event(
+            AuditAction.PROJECT_UPDATE,
+            object_type="project",
+            object_id=str(project.id),
+            project_id=project.id,
+            detail={"changed": ["quality_targets"], "targets": targets.to_dict()},
+        ),
+    )
+    return targets
 
 
 def _answer_value(v: Any) -> Any:
