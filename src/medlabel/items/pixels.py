@@ -373,13 +373,15 @@ class PixelResponse:
 # ---------------------------------------------------------------- frames
 
 
-def _plane_values(loaded: _Loaded, p: RenderParams) -> tuple[npt.NDArray[Any], tuple[float, float] | None]:
+def _plane_values(
+    loaded: _Loaded, p: RenderParams, *, isotropic: bool = True
+) -> tuple[npt.NDArray[Any], tuple[float, float] | None]:
     assert loaded.volume is not None
     vol = loaded.volume
     count = plane_count(vol, p.plane)
     if p.frame >= count:
         raise NotFound(f"{p.plane} plane {p.frame} outside 0..{count - 1}")
-    plane = extract_plane(vol, p.plane, p.frame)
+    plane = extract_plane(vol, p.plane, p.frame, isotropic=isotropic)
     return plane.pixels, plane.spacing
 
 
@@ -422,8 +424,10 @@ def rendered_frame(
 def raw_frame(
     sessions: sessionmaker[Session], blobs: BlobStore, home: Path, item: Item, p: RenderParams
 ) -> PixelResponse:
-    """Modality values (rescaled) of one frame or plane: little-endian int16 when the values are
-    integral and fit, else float32; ``X-Dtype``, ``X-Shape`` (rows,columns), ``X-Spacing``."""
+    """Modality values (rescaled) of one frame or plane, never interpolated: the voxels as stored
+    (rendered planes are resampled to square pixels, raw ones are not — ``X-Spacing`` gives the
+    row and column spacing). Little-endian int16 when the values are integral and fit, else
+    float32; ``X-Dtype``, ``X-Shape`` (rows,columns), ``X-Spacing``."""
     p.validate()
     if item.kind == "slide":
         raise InvalidInput(f"item {item.id} is a slide: use its /tiles route")
@@ -437,7 +441,7 @@ def raw_frame(
         values = loaded.image.modality_pixels(p.frame)
         spacing = loaded.image.info.pixel_spacing
     else:
-        values, spacing = _plane_values(loaded, p)
+        values, spacing = _plane_values(loaded, p, isotropic=False)
     integral = values.dtype.kind in "iu" or bool(np.all(np.mod(values, 1) == 0))
     fits = values.size == 0 or (float(values.min()) >= -32768 and float(values.max()) <= 32767)
     out = raw_export(np.asarray(values), "int16" if integral and fits else "float32")
