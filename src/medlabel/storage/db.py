@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
@@ -9,8 +10,12 @@ from typing import Any
 
 from sqlalchemy import DateTime, Engine, create_engine, event
 from sqlalchemy.engine import Dialect
+from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
 from sqlalchemy.types import TypeDecorator
+
+SQLITE_LOCK_TIMEOUT = 30.0
+_LOCK_KEY = "medlabel_sqlite_write_turn"
 
 __all__ = ["Base", "UTCDateTime", "make_engine", "make_sessionmaker", "session_scope", "is_sqlite"]
 
@@ -67,12 +72,41 @@ def make_engine(url: str, *, echo: bool = False) -> Engine:
             cur.execute("PRAGMA busy_timeout=30000")
             cur.close()
 
+        # One writer at a time in this process, queued on a Python lock: waiting threads wake the
+        # moment the lock is free, instead of sleeping in SQLite's busy handler (which backs off up
+        # to 100 ms a try and made tail latency under load long). Other processes (a separate
+        # worker) still meet on SQLite's own lock and busy timeout.
+        writer = threading.Lock()
+
+        def _release(conn: Any) -> None:
+            if conn.info.pop(_LOCK_KEY, False):
+                writer.release()
+
         @event.listens_for(engine, "begin")
         def _sqlite_begin(conn: Any) -> None:
             # IMMEDIATE takes the write lock up front: a transaction that reads and then writes
-            # can never fail half-way with SQLITE_BUSY_SNAPSHOT under WAL. Writers queue on the
-            # busy timeout instead. PostgreSQL gets real row-level concurrency.
-            conn.exec_driver_sql("BEGIN IMMEDIATE")
+            # can never fail half-way with SQLITE_BUSY_SNAPSHOT under WAL. PostgreSQL gets real
+            # row-level concurrency.
+            if not writer.acquire(timeout=SQLITE_LOCK_TIMEOUT):
+                raise OperationalError(
+                    "BEGIN IMMEDIATE",
+                    None,
+                    TimeoutError(f"database is locked: no write turn within {SQLITE_LOCK_TIMEOUT} s"),
+                )
+            conn.info[_LOCK_KEY] = True
+            try:
+                conn.exec_driver_sql("BEGIN IMMEDIATE")
+            except BaseException:
+                _release(conn)
+                raise
+
+        event.listen(engine, "commit", _release)
+        event.listen(engine, "rollback", _release)
+
+        @event.listens_for(engine, "checkin")
+        def _checkin(_dbapi_conn: Any, record: Any) -> None:  # safety net: never leak the turn
+            if record.info.pop(_LOCK_KEY, False):
+                writer.release()
 
         return engine
     return create_engine(url, echo=echo, pool_pre_ping=True, pool_size=10, max_overflow=20)
