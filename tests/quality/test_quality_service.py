@@ -15,6 +15,7 @@ from sklearn.metrics import cohen_kappa_score
 from medlabel.accounts.service import Actor
 from medlabel.annotations.geometry import BBox
 from medlabel.annotations.model import Annotation, AnnotationSet, AnnotationType, Provenance
+from medlabel.annotations.rle import encode as rle_encode
 from medlabel.items.models import Item
 from medlabel.labeling.models import AnnotationSetRow, GoldScoreRow, Review, ReviewError, Task
 from medlabel.projects import service as projects
@@ -34,8 +35,13 @@ def _answers(seed: int, n: int) -> tuple[list[str], list[str]]:
     return a, b
 
 
+def disk(shift: int) -> np.ndarray:
+    y, x = np.mgrid[0:64, 0:64]
+    return (y - 32) ** 2 + (x - 32 - shift) ** 2 <= 100
+
+
 def build_project(
-    rt, n_items: int = 30, *, base: datetime = MONDAY, step: timedelta = timedelta(hours=1)
+    rt, n_items: int = 30, *, base: datetime = MONDAY, step: timedelta = timedelta(hours=1), masks: int = 0
 ) -> dict:
     ids = {name: make_user(rt, name) for name in ("ann1", "ann2", "rev", "boss")}
     a, b = _answers(7, n_items)
@@ -75,6 +81,16 @@ def build_project(
                         provenance=prov,
                     ),
                 )
+                if i < masks:
+                    shape = disk(0 if who == "ann1" else i % 4)
+                    mask = Annotation(
+                        id=f"{who}-mask",
+                        type=AnnotationType.MASK,
+                        class_id="lesion",
+                        geometry=rle_encode(shape),
+                        provenance=prov,
+                    )
+                    anns += (mask,)
                 aset = AnnotationSet(str(item.id), 1, anns, 1, {"finding": answer})
                 s.add(
                     AnnotationSetRow(
@@ -247,3 +263,24 @@ def test_targets_are_set_by_managers_and_drive_alerts(client, runtime):
     ann = login(client, "ann1")
     assert client.put(url, json={"kappa": 0.2}, headers=ann).status_code == 403
     assert client.get(url, headers=boss).json()["kappa"] == 0.1
+
+
+def test_mask_dice_matches_simpleitk(client, runtime):
+    import SimpleITK as sitk
+
+    data = build_project(runtime, n_items=12, masks=8)
+    rev = login(client, "rev")
+    doc = client.get(
+        f"/api/v1/projects/{data['project_id']}/quality", params={"week": WEEK, "bootstrap_n": 0}, headers=rev
+    ).json()
+    f = _figure(doc, "dice", "lesion")
+    expected = []
+    for i in range(8):
+        ov = sitk.LabelOverlapMeasuresImageFilter()
+        ov.Execute(
+            sitk.GetImageFromArray(disk(0).astype(np.uint8)),
+            sitk.GetImageFromArray(disk(i % 4).astype(np.uint8)),
+        )
+        expected.append(ov.GetDiceCoefficient())
+    assert f["n"] == 8
+    assert f["value"] == pytest.approx(float(np.mean(expected)), abs=1e-9)
