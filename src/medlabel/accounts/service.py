@@ -11,6 +11,7 @@ import re
 import secrets
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
+from typing import NoReturn
 
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
@@ -150,7 +151,7 @@ def set_password(session: Session, user: User, password: str, *, actor: Actor = 
     )
 
 
-def _fail(session: Session, event: AuditEventData, error: Exception) -> None:
+def _fail(session: Session, event: AuditEventData, error: Exception) -> NoReturn:
     audit.record(session, event)
     session.commit()
     raise error
@@ -188,7 +189,6 @@ def login(
         verify_password(DUMMY_HASH, password)
         session.add(LoginAttempt(username=username[:64], ip=ip, at=now, success=False))
         _fail(session, replace(base, detail={"reason": "unknown_or_inactive_user"}), invalid)
-        raise AssertionError("unreachable")
     if user.locked_until is not None and user.locked_until > now:
         session.add(LoginAttempt(username=username, ip=ip, at=now, success=False))
         _fail(
@@ -265,7 +265,7 @@ def login(
     )
 
 
-def _expire(session: Session, row: UserSession, user: User | None, reason: str, ip: str) -> None:
+def _expire(session: Session, row: UserSession, user: User | None, reason: str, ip: str) -> NoReturn:
     row.revoked_at = clock.now()
     row.revoked_reason = reason
     audit.record(
@@ -295,7 +295,6 @@ def resolve_session(
     now = clock.now()
     if user is None or not user.is_active:
         _expire(session, row, user, "user_inactive", ip)
-        raise AssertionError("unreachable")
     if now - row.last_seen_at > settings.idle_timeout:
         _expire(session, row, user, "idle", ip)
     if now - row.created_at > settings.absolute_timeout:

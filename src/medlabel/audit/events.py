@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
@@ -156,7 +156,6 @@ def verify_chain(
     expected_prev = GENESIS_HASH
     expected_seq = 1
     seen: dict[str, int] = {GENESIS_HASH: 0}
-    order: list[str] = [GENESIS_HASH]
     count = 0
     last: ChainRecord | None = None
     for rec in records:
@@ -188,7 +187,6 @@ def verify_chain(
                 expected_seq, "removed", f"records {expected_seq}..{rec.seq - 1} are missing"
             )
         seen[rec.hash] = rec.seq
-        order.append(rec.hash)
         expected_prev = rec.hash
         expected_seq = rec.seq + 1
         last = rec
@@ -207,7 +205,3 @@ def verify_chain(
         if head_hash != last_hash:
             return count, ChainProblem(last_seq, "head", f"record {last_seq} does not match the stored head")
     return count, None
-
-
-def records_sorted(records: Sequence[ChainRecord]) -> list[ChainRecord]:
-    return sorted(records, key=lambda r: r.seq)

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from sqlalchemy.orm import Session
 
 from medlabel import __version__
 from medlabel.accounts import service as accounts
@@ -22,6 +23,7 @@ from medlabel.errors import MedlabelError
 from medlabel.runtime import Runtime, create_runtime
 from medlabel.security.rbac import GlobalRole
 from medlabel.storage.db import session_scope
+from medlabel.storage.models import Project
 
 app = typer.Typer(help="medlabel: annotation of medical images with multi-tier QA.", no_args_is_help=True)
 user_app = typer.Typer(help="Manage user accounts.", no_args_is_help=True)
@@ -214,18 +216,17 @@ def project_list() -> None:
     rt.close()
 
 
-def _find_project(s: object, ref: str) -> object:
+def _find_project(s: Session, ref: str) -> Project:
     from sqlalchemy import select
 
     from medlabel.errors import NotFound
-    from medlabel.storage.models import Project
 
     stmt = (
         select(Project).where(Project.id == int(ref))
         if ref.isdigit()
         else select(Project).where(Project.name == ref)
     )
-    p = s.scalar(stmt)  # type: ignore[attr-defined]
+    p = s.scalar(stmt)
     if p is None:
         raise NotFound(f"no project {ref!r} (give its id or exact name)")
     return p
@@ -244,8 +245,8 @@ def member_add(
     try:
         with session_scope(rt.sessions) as s:
             p = _find_project(s, project)
-            projects.add_member(s, _cli_actor(), p, user, role)  # type: ignore[arg-type]
-            typer.echo(f"{user} is now {role} in {p.name!r}")  # type: ignore[attr-defined]
+            projects.add_member(s, _cli_actor(), p, user, role)
+            typer.echo(f"{user} is now {role} in {p.name!r}")
     except MedlabelError as exc:
         raise _fail(exc) from None
     finally:
@@ -263,8 +264,8 @@ def member_remove(
     try:
         with session_scope(rt.sessions) as s:
             p = _find_project(s, project)
-            projects.remove_member(s, _cli_actor(), p, user, role)  # type: ignore[arg-type]
-            typer.echo(f"{user} is no longer {role} in {p.name!r}")  # type: ignore[attr-defined]
+            projects.remove_member(s, _cli_actor(), p, user, role)
+            typer.echo(f"{user} is no longer {role} in {p.name!r}")
     except MedlabelError as exc:
         raise _fail(exc) from None
     finally:

@@ -7,11 +7,14 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from sqlalchemy.orm import Session
+
+from medlabel.storage.models import Project
 
 __all__ = ["register"]
 
 
-def _project(session: object, ref: str) -> object:
+def _project(session: Session, ref: str) -> Project:
     from medlabel.cli.main import _find_project
 
     return _find_project(session, ref)
@@ -36,9 +39,9 @@ def report(
         actor: Actor = _cli_actor()
         with session_scope(rt.sessions) as s:
             p = _project(s, project)
-            params = {"project_id": p.id, "week": week, "bootstrap_n": bootstrap}  # type: ignore[attr-defined]
+            params = {"project_id": p.id, "week": week, "bootstrap_n": bootstrap}
             period_from_params(params)
-            job_id = jobs.create_job(s, actor, "quality.report", params, project_id=p.id).id  # type: ignore[attr-defined]
+            job_id = jobs.create_job(s, actor, "quality.report", params, project_id=p.id).id
         rt.enqueue(job_id)
         rt.start_worker(workers=1)
         state = wait_for_job(rt, job_id)
@@ -82,7 +85,7 @@ def agreement(
     try:
         with session_scope(rt.sessions) as s:
             p = _project(s, project)
-            rep = project_report(s, p, period=iso_week_period(week), bootstrap_n=bootstrap)  # type: ignore[arg-type]
+            rep = project_report(s, p, period=iso_week_period(week), bootstrap_n=bootstrap)
             doc = rep.to_dict()
     except MedlabelError as exc:
         raise _fail(exc) from None

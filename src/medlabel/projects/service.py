@@ -11,7 +11,7 @@ from medlabel import clock
 from medlabel.accounts.service import Actor
 from medlabel.audit import service as audit
 from medlabel.audit.events import AuditAction
-from medlabel.errors import Conflict, Forbidden, InvalidInput, NotFound
+from medlabel.errors import Conflict, Forbidden, InvalidInput, NotFound, PreconditionFailed
 from medlabel.security.rbac import Permission, ProjectRole, permissions_for
 from medlabel.storage.models import Membership, Project, User
 
@@ -114,8 +114,6 @@ def update_project(
     name: str | None,
     description: str | None,
 ) -> Project:
-    from medlabel.errors import PreconditionFailed
-
     if if_match is not None and if_match != project.version:
         raise PreconditionFailed(
             f"project {project.id} is at version {project.version}, not {if_match}; reload and retry",

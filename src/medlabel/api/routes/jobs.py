@@ -4,6 +4,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Depends
 from sqlalchemy import select
+from sqlalchemy.orm import Session
 
 from medlabel.accounts.service import Actor
 from medlabel.api.deps import ActorDep, RuntimeDep, SessionDep, global_permission, object_rule
@@ -19,12 +20,12 @@ JobReader = Annotated[Actor, Depends(object_rule(Permission.JOB_READ))]
 Admin = Annotated[Actor, Depends(global_permission(Permission.USER_MANAGE))]
 
 
-def _visible(session: object, actor: Actor, job: Job) -> bool:
+def _visible(session: Session, actor: Actor, job: Job) -> bool:
     if actor.is_admin or job.created_by == actor.user_id:
         return True
     if job.project_id is None:
         return False
-    roles = project_roles(session, job.project_id, actor.user_id)  # type: ignore[arg-type]
+    roles = project_roles(session, job.project_id, actor.user_id)
     return Permission.JOB_READ in permissions_for(actor.role, roles)
 
 
