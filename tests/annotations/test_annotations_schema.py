@@ -21,7 +21,7 @@ from medlabel.annotations.schema import (
 )
 from medlabel.errors import InvalidInput
 
-EXAMPLES = Path(__file__).resolve().parents[2] / "examples" / "schemas"
+EXAMPLES = Path(__file__).resolve().parents[2] / "src" / "medlabel" / "annotations" / "examples"
 
 
 def base() -> dict[str, Any]:

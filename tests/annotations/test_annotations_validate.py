@@ -25,7 +25,7 @@ from medlabel.annotations.validate import (
 )
 from medlabel.errors import InvalidInput
 
-EXAMPLES = Path(__file__).resolve().parents[2] / "examples" / "schemas"
+EXAMPLES = Path(__file__).resolve().parents[2] / "src" / "medlabel" / "annotations" / "examples"
 CT = load_schema_yaml((EXAMPLES / "ct_lesion.yaml").read_text())
 CXR = load_schema_yaml((EXAMPLES / "chest_xray.yaml").read_text())
 PATH = load_schema_yaml((EXAMPLES / "pathology.yaml").read_text())

@@ -92,7 +92,7 @@ def test_deid_folder(home, tmp_path):
 def test_project_create_with_schema(home):
     from pathlib import Path
 
-    examples = Path(__file__).resolve().parents[2] / "examples" / "schemas"
+    examples = Path(__file__).resolve().parents[2] / "src" / "medlabel" / "annotations" / "examples"
     r = runner.invoke(app, ["project", "create", "Lesions", "--schema", str(examples / "ct_lesion.yaml")])
     assert r.exit_code == 0, r.output
     assert "with its label schema" in r.output

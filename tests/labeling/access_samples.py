@@ -94,6 +94,7 @@ SAMPLES: dict[tuple[str, str], Sample] = {
         "url": _url(c, "/tasks/assign"),
         "json": {"task_id": _fresh_task(c, claimed_by=None), "username": "u_annotator"},
     },
+    ("GET", P + "/tasks/{task_id}"): lambda c: {"url": _url(c, f"/tasks/{_fresh_task(c)}")},
     ("POST", P + "/tasks/{task_id}/release"): lambda c: {"url": _url(c, f"/tasks/{_fresh_task(c)}/release")},
     ("POST", P + "/tasks/{task_id}/heartbeat"): lambda c: {
         "url": _url(c, f"/tasks/{_fresh_task(c)}/heartbeat"),
@@ -123,6 +124,9 @@ SAMPLES: dict[tuple[str, str], Sample] = {
     },
     ("GET", "/api/v1/items/{item_id}/annotations/history"): lambda c: {
         "url": f"/api/v1/items/{_ready(c)}/annotations/history"
+    },
+    ("GET", "/api/v1/items/{item_id}/annotations/copies"): lambda c: {
+        "url": f"/api/v1/items/{_ready(c)}/annotations/copies"
     },
     ("GET", "/api/v1/items/{item_id}/timeline"): lambda c: {"url": f"/api/v1/items/{_ready(c)}/timeline"},
     ("PUT", "/api/v1/items/{item_id}/gold"): _gold,

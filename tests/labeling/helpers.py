@@ -18,7 +18,7 @@ from medlabel.workflow import WorkflowConfig
 from tests.foundation.helpers import make_project, make_user
 
 ROOT = Path(__file__).resolve().parents[2]
-CHEST_SCHEMA = (ROOT / "examples" / "schemas" / "chest_xray.yaml").read_text()
+CHEST_SCHEMA = (ROOT / "src" / "medlabel" / "annotations" / "examples" / "chest_xray.yaml").read_text()
 ADMIN = Actor(None, "test", "admin")
 
 

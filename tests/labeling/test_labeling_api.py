@@ -224,6 +224,31 @@ def test_heartbeats_count_active_time_and_extend_the_lease(client, runtime):
     assert r["lease_expires_at"] > clock.now().isoformat()
 
 
+def test_the_active_time_gap_is_a_workflow_setting(client, runtime):
+    pid, _ = setup_project(
+        runtime, "Gap", {"ann": ["annotator"]}, n_items=1, workflow={"active_gap_seconds": 20}
+    )
+    h = _headers(runtime, "ann")["ann"]
+    assert client.get(f"/api/v1/projects/{pid}/workflow", headers=h).json()["active_gap_seconds"] == 20
+    t = _claim(client, pid, h, "annotate")
+    clock.set_offset(timedelta(seconds=45))
+    r = client.post(f"/api/v1/projects/{pid}/tasks/{t['id']}/heartbeat", json={"active": True}, headers=h)
+    assert r.json()["active_seconds"] == pytest.approx(20, abs=1)  # 45 s of silence, 20 s count
+
+
+def test_a_task_can_be_read_by_id(client, runtime):
+    pid, _ = setup_project(runtime, "Read", {"ann": ["annotator"], "other": ["annotator"]}, n_items=2)
+    h = _headers(runtime, "ann", "other")
+    t = _claim(client, pid, h["ann"], "annotate")
+    url = f"/api/v1/projects/{pid}/tasks/{t['id']}"
+    mine = client.get(url, headers=h["ann"])
+    assert mine.status_code == 200, mine.text
+    assert mine.json()["id"] == t["id"] and mine.json()["state"] == "claimed"
+    assert mine.json()["lease_expires_at"] == t["lease_expires_at"]
+    assert client.get(url, headers=h["other"]).json()["assignee"] == mine.json()["assignee"]
+    assert client.get(f"/api/v1/projects/{pid}/tasks/999999", headers=h["ann"]).status_code == 404
+
+
 def test_overlap_items_are_blind_and_go_to_different_annotators(client, runtime):
     pid, items = setup_project(
         runtime,
@@ -248,15 +273,28 @@ def test_overlap_items_are_blind_and_go_to_different_annotators(client, runtime)
     assert client.get(url + "?owner=a1", headers=h["a2"]).status_code == 403
     assert client.get(url, headers=h["rev"]).json()["annotations"] == []  # nothing in main yet
     client.put(url, json=good_body("a2", boxes=1), headers=h["a2"])
+    copies_url = f"/api/v1/items/{items[0]}/annotations/copies"
+    assert client.get(copies_url, headers=h["a2"]).status_code == 403  # annotators work blind
+    r = client.get(copies_url, headers=h["rev"])
+    assert r.status_code == 409 and r.json()["error"]["code"] == "overlap_pending"
     assert (
         client.post(f"/api/v1/projects/{pid}/tasks/{t2['id']}/submit", headers=h["a2"]).json()["item_stage"]
         == "review"
     )
-    # the main set was seeded from slot 1 and keeps its author's provenance
+    # the main set was seeded from the consensus: the box both drew (a tie for the medoid goes
+    # to slot 1, whose author's provenance it keeps) and the answers both gave
     main = client.get(url, headers=h["rev"]).json()
-    assert main["set"] == "main" and len(main["annotations"]) == 2
-    assert {a["provenance"]["created_by_user"] for a in main["annotations"]} == {"a1"}
+    assert main["set"] == "main" and len(main["annotations"]) == 1
+    assert main["annotations"][0]["provenance"]["created_by_user"] == "a1"
+    assert main["annotations"][0]["provenance"]["derived_from"] == "a1-box-0"
+    assert main["answers"] == {"view": "PA", "quality": "diagnostic"}
     assert len(client.get(url + "?owner=a2", headers=h["boss"]).json()["annotations"]) == 1
+    # the reviewer adjudicates with every copy and the finding only a1 drew
+    view = client.get(copies_url, headers=h["rev"]).json()
+    assert [c["annotator"] for c in view["copies"]] == ["a1", "a2"]
+    assert [f["support"] for f in view["consensus"]["kept"]] == [["a1", "a2"]]
+    assert [f["annotation"]["id"] for f in view["consensus"]["minority"]] == ["a1-box-1"]
+    assert view["consensus"]["disputed_questions"] == []
 
 
 def test_gold_tasks_look_like_normal_tasks_and_are_scored(client, runtime):
@@ -395,7 +433,7 @@ def test_masks_are_stored_as_coco_rle(client, runtime):
 
     pid, items = setup_project(runtime, "Masks", {"ann": ["annotator"], "boss": ["manager"]}, sync=False)
     h = _headers(runtime, "ann", "boss")
-    ct = (ROOT / "examples" / "schemas" / "ct_lesion.yaml").read_text()
+    ct = (ROOT / "src" / "medlabel" / "annotations" / "examples" / "ct_lesion.yaml").read_text()
     assert client.put(f"/api/v1/projects/{pid}/schema", content=ct, headers=h["boss"]).status_code == 200
     item = make_items(runtime, pid, 1, width=96, height=64)[0]
     client.post(f"/api/v1/projects/{pid}/tasks/sync", headers=h["boss"])

@@ -65,7 +65,7 @@ def test_cli_project_schema_and_tasks_status(tmp_path, monkeypatch):
     monkeypatch.delenv("MEDLABEL_DATABASE_URL", raising=False)
     runner = CliRunner()
     assert runner.invoke(app, ["project", "create", "CXR"]).exit_code == 0
-    schema = ROOT / "examples" / "schemas" / "chest_xray.yaml"
+    schema = ROOT / "src" / "medlabel" / "annotations" / "examples" / "chest_xray.yaml"
     r = runner.invoke(app, ["project", "schema", "CXR", str(schema)])
     assert r.exit_code == 0, r.output
     assert "version 1" in r.output

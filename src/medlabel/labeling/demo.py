@@ -13,19 +13,18 @@ from medlabel.labeling.common import WORKFLOW_KEY
 from medlabel.storage.models import Project
 from medlabel.workflow import WorkflowConfig
 
-__all__ = ["labeling_demo", "DEMO_WORKFLOW", "find_example_schema"]
+__all__ = ["labeling_demo", "DEMO_WORKFLOW", "EXAMPLE_SCHEMAS", "find_example_schema"]
+
+EXAMPLE_SCHEMAS = Path(__file__).resolve().parents[1] / "annotations" / "examples"
 
 # one annotator in the demo team, so no overlap items (they need two)
 DEMO_WORKFLOW = WorkflowConfig(review=True, validate=True, audit_fraction=0.1)
 
 
 def find_example_schema(name: str = "chest_xray.yaml") -> Path | None:
-    """``examples/schemas/<name>`` of a source checkout (editable install), if present."""
-    for base in Path(__file__).resolve().parents:
-        candidate = base / "examples" / "schemas" / name
-        if candidate.is_file():
-            return candidate
-    return None
+    """One of the example schemas shipped in the package (``medlabel/annotations/examples/``)."""
+    candidate = EXAMPLE_SCHEMAS / name
+    return candidate if candidate.is_file() else None
 
 
 def labeling_demo(session: Session, home: Path, project_id: int, admin: Actor) -> list[str]:
@@ -36,7 +35,7 @@ def labeling_demo(session: Session, home: Path, project_id: int, admin: Actor) -
     if schema_service.current_schema(session, project_id) is None:
         path = find_example_schema()
         if path is None:
-            return ["(labeling) examples/schemas/chest_xray.yaml not found: no label schema loaded"]
+            return [f"(labeling) {EXAMPLE_SCHEMAS / 'chest_xray.yaml'} not found: no label schema loaded"]
         schema, _ = schema_service.put_schema(
             session, admin, project, schema=schema_service.parse_schema_document(path.read_text())
         )

@@ -20,7 +20,8 @@ from medlabel.annotations.validate import check_annotation_set
 from medlabel.audit import service as audit
 from medlabel.errors import Conflict, InvalidInput
 from medlabel.items.models import Item
-from medlabel.labeling.annotation_service import SetRef, copy_set, load_set, save_set
+from medlabel.labeling.adjudication import seed_consensus
+from medlabel.labeling.annotation_service import SetRef, load_set, save_set
 from medlabel.labeling.common import (
     error_to_row,
     event,
@@ -246,23 +247,9 @@ def submit(session: Session, actor: Actor, access: ProjectAccess, task_id: int) 
         )
         to = next_stage(cfg, Stage.ANNOTATE, Decision.SUBMIT) if pending is None else Stage.ANNOTATE
         if pending is None:
-            # every slot is in: seed the consensus set from the lowest slot's work copy
-            first = session.scalar(
-                select(Task.completed_by)
-                .where(
-                    Task.item_id == item.id,
-                    Task.stage == Stage.ANNOTATE.value,
-                    Task.overlap_slot.is_not(None),
-                    Task.state == TASK_DONE,
-                )
-                .order_by(Task.overlap_slot)
-                .limit(1)
-            )
-            main = load_set(session, item.id, SetRef(SET_MAIN))
-            if main.version == 0 and first is not None:
-                copy_set(
-                    session, actor, item, SetRef(SET_WORK, int(first)), SetRef(SET_MAIN), stage="consensus"
-                )
+            # every slot is in: seed the main set from the copies' consensus (majority findings
+            # and answers); the reviewer adjudicates the rest (medlabel.labeling.adjudication)
+            seed_consensus(session, actor, item)
         _record(
             session,
             actor,

@@ -62,6 +62,7 @@ from medlabel.workflow import (
 __all__ = [
     "STAGE_PERMISSION",
     "IDLE_GAP",
+    "holds",
     "set_workflow",
     "sync_tasks",
     "claim_next",
@@ -390,17 +391,19 @@ def release(session: Session, actor: Actor, access: ProjectAccess, task_id: int)
 
 
 def heartbeat(session: Session, actor: Actor, access: ProjectAccess, task_id: int, *, active: bool) -> Task:
-    """Extend the lease and count active time: the time since the last beat, up to ``IDLE_GAP``,
-    is added when the UI says the user was active (``active=False`` marks idle time)."""
+    """Extend the lease and count active time: the time since the last beat, up to the
+    workflow's ``active_gap_seconds`` (``IDLE_GAP`` by default), is added when the UI says the
+    user was active (``active=False`` marks idle time)."""
     task = get_task(session, access.project.id, task_id, lock=True)
     require_holder(task, actor)
     now = clock.now()
     last = task.last_heartbeat_at or task.claimed_at or now
+    cfg = workflow_config(access.project)
     if active:
-        gap = max(timedelta(0), min(now - last, IDLE_GAP))
+        gap = max(timedelta(0), min(now - last, timedelta(seconds=cfg.active_gap_seconds)))
         task.active_seconds = float(task.active_seconds or 0.0) + gap.total_seconds()
     task.last_heartbeat_at = now
-    task.lease_expires_at = now + timedelta(seconds=workflow_config(access.project).lease_seconds)
+    task.lease_expires_at = now + timedelta(seconds=cfg.lease_seconds)
     return task
 
 
@@ -526,3 +529,8 @@ def list_tasks(
     if item_id is not None:
         stmt = stmt.where(Task.item_id == item_id)
     return list(session.scalars(stmt.order_by(Task.id).limit(max(1, min(limit, 1000)))))
+
+
+def holds(task: Task, actor: Actor) -> bool:
+    """Whether ``actor`` holds ``task`` now (claimed by them)."""
+    return task.state == TASK_CLAIMED and task.assignee_id == actor.user_id

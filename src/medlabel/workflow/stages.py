@@ -86,7 +86,8 @@ class WorkflowConfig:
     ``overlap_k``: share of items annotated independently by ``overlap_k`` annotators (agreement).
     ``gold_rate``: probability that the next task served is a gold (known-answer) item.
     ``lease_seconds``: how long a claimed task stays reserved. ``feedback_on_gold``: show the
-    annotator the reference after a gold item.
+    annotator the reference after a gold item. ``active_gap_seconds``: the most time one UI
+    heartbeat may add to a task's active time (a longer silence counts as idle).
     """
 
     review: bool = True
@@ -97,6 +98,7 @@ class WorkflowConfig:
     gold_rate: float = 0.0
     lease_seconds: int = 1800
     feedback_on_gold: bool = True
+    active_gap_seconds: int = 90
 
     def __post_init__(self) -> None:
         _fraction("audit_fraction", self.audit_fraction)
@@ -106,6 +108,10 @@ class WorkflowConfig:
             raise InvalidInput(f"workflow overlap_k is {self.overlap_k}; expected at least 2 annotators")
         if self.lease_seconds < 1:
             raise InvalidInput(f"workflow lease_seconds is {self.lease_seconds}; expected at least 1")
+        if not 1 <= self.active_gap_seconds <= 3600:
+            raise InvalidInput(
+                f"workflow active_gap_seconds is {self.active_gap_seconds}; expected 1 to 3600 seconds"
+            )
 
     def enabled(self, stage: Stage) -> bool:
         if stage is Stage.REVIEW:
@@ -126,6 +132,7 @@ class WorkflowConfig:
             "gold_rate": self.gold_rate,
             "lease_seconds": self.lease_seconds,
             "feedback_on_gold": self.feedback_on_gold,
+            "active_gap_seconds": self.active_gap_seconds,
         }
 
     @classmethod

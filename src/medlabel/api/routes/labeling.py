@@ -15,6 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from medlabel.api.deps import ActorDep, SessionDep, item_permission, project_permission
 from medlabel.errors import Conflict, InvalidInput, NotFound
+from medlabel.labeling import adjudication
 from medlabel.labeling import annotation_service as ann_service
 from medlabel.labeling import review_service as reviews
 from medlabel.labeling import schema_service as schemas
@@ -41,6 +42,7 @@ CanManageGold = Annotated[ProjectAccess, Depends(project_permission(Permission.G
 ItemAnnRead = Annotated[Any, Depends(item_permission(Permission.ANNOTATION_READ))]
 ItemAnnWrite = Annotated[Any, Depends(item_permission(Permission.ANNOTATION_WRITE))]
 ItemGold = Annotated[Any, Depends(item_permission(Permission.GOLD_MANAGE))]
+ItemQualityRead = Annotated[Any, Depends(item_permission(Permission.QUALITY_READ))]
 
 
 class _In(BaseModel):
@@ -84,6 +86,7 @@ class WorkflowWrite(_In):
     gold_rate: float = Field(0.0, ge=0, le=1)
     lease_seconds: int = Field(1800, ge=1, le=7 * 24 * 3600)
     feedback_on_gold: bool = True
+    active_gap_seconds: int = Field(90, ge=1, le=3600)
     error_categories: list[str] = Field(default_factory=list, max_length=100)
 
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
@@ -98,6 +101,7 @@ class WorkflowRead(BaseModel):
     gold_rate: float
     lease_seconds: int
     feedback_on_gold: bool
+    active_gap_seconds: int
     error_categories: list[str]
 
     model_config = ConfigDict(populate_by_name=True)
@@ -376,6 +380,14 @@ def list_tasks(
     return out
 
 
+@router.get(P + "/tasks/{task_id}", response_model=TaskRead)
+def get_task(task_id: int, access: CanRead, actor: ActorDep, session: SessionDep) -> TaskRead:
+    """One task: its state, holder, lease and active time. Its holder also gets the feedback of
+    the item's last rejection (as with the claim answer); other members see the state only."""
+    t = tasks.get_task(session, access.project.id, task_id)
+    return _task(session, t, with_feedback=tasks.holds(t, actor))
+
+
 @router.post(P + "/tasks/next", response_model=ClaimRead)
 def claim_next(
     access: CanRead,
@@ -410,7 +422,8 @@ def release_task(task_id: int, access: CanRead, actor: ActorDep, session: Sessio
 def heartbeat_task(
     task_id: int, access: CanRead, actor: ActorDep, session: SessionDep, body: HeartbeatIn | None = None
 ) -> TaskRead:
-    """Extend the lease; active time since the last beat (at most 90 s) counts unless idle."""
+    """Extend the lease; active time since the last beat (at most the workflow's
+    ``active_gap_seconds``, 90 s by default) counts unless idle."""
     t = tasks.heartbeat(session, actor, access, task_id, active=body.active if body else True)
     return _task(session, t, with_feedback=False)
 
@@ -534,6 +547,15 @@ def annotation_history(
     """Every saved version, oldest first, with who saved it, when, at which stage."""
     rows = ann_service.history(session, actor, ia.access, ia.item, kind=kind, owner=owner)
     return [AnnotationVersionRead.model_validate(r) for r in rows]
+
+
+@router.get("/items/{item_id}/annotations/copies")
+def overlap_copies(ia: ItemQualityRead, actor: ActorDep, session: SessionDep) -> dict[str, Any]:
+    """For adjudication of an overlap item (needs ``quality.read``: reviewers, validators,
+    auditors, managers): every annotator's blind copy, the consensus the main set was seeded
+    with, the findings only a minority drew and the questions without a majority. 409 while
+    slots are still being annotated."""
+    return adjudication.copies(session, actor, ia.access, ia.item)
 
 
 @router.get("/items/{item_id}/timeline")
