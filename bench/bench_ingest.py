@@ -1,12 +1,32 @@
 """Ingest with de-identification: a generated 512x512 CT series through medlabel vs Orthanc.
 
-medlabel: the files are POSTed as one multipart upload to ``/api/v1/projects/{id}/imports``
-(in-process ASGI client) and the ``items.import`` job runs here: sniff, decode-check, PS3.15
-de-identification, series grouping, blob writes, one volume item. Orthanc (Debian package
-``orthanc``, started on loopback with a temporary configuration) receives each file with
-``POST /instances`` over HTTP and indexes it (no de-identification).
+Both servers run in their own processes on loopback and receive the same files over real HTTP.
 
-Run: .venv/bin/python bench/bench_ingest.py [--quick] [--slices N]
+medlabel: ``medlabel serve --workers 2 --no-worker`` (uvicorn, two server processes), measured
+two ways on the same server:
+
+* **upload session** (the main figure): ``POST /api/v1/projects/{id}/uploads``, then each file
+  ``PUT .../uploads/{upload_id}/files/{name}`` from ``--clients`` (4) client threads, as Orthanc
+  gets them; each PUT is prepared at once in the server process that takes it (sniff, pixel
+  check, PS3.15 de-identification with the project's stores, fsync'd staging), so the per-file
+  work of the two server processes overlaps the upload; then ``POST .../commit`` and its
+  ``items.import_session`` job (grouping, blobs linked, one volume item, audit) runs in this
+  process the moment the 202 arrives, as a ``medlabel worker`` would.
+* **multipart** (second row): the files as one multipart ``POST /api/v1/projects/{id}/imports``,
+  then the ``items.import`` job in this process (all the per-file work after the upload).
+
+Timed from the first byte sent to the job's end.
+Orthanc (Debian package ``orthanc``, its default ``SyncStorageArea`` fsync on, started with a
+temporary configuration): each file ``POST /instances`` from 4 client threads (its API takes
+one instance per request); stored and indexed, no de-identification.
+
+All sides first take one untimed warm-up import of ``WARMUP`` other slices (medlabel: the server
+processes' first requests, the import worker processes a long-running worker keeps; Orthanc:
+its first-request work). Each repetition then uses fresh medlabel projects and a freshly started
+Orthanc, alternating; the median of the repetitions is reported (runs vary by tens of percent
+on small machines).
+
+Run: .venv/bin/python bench/bench_ingest.py [--quick] [--slices N] [--repeat N] [--server-workers N]
 Prints seconds, slices per second and the ratio medlabel / Orthanc (lower is faster).
 """
 
@@ -17,7 +37,9 @@ import json
 import os
 import shutil
 import socket
+import statistics
 import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Iterator
@@ -29,6 +51,8 @@ import httpx
 import numpy as np
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import UID, CTImageStorage, ExplicitVRLittleEndian, generate_uid
+
+WARMUP = 20
 
 
 def ct_series(folder: Path, slices: int, size: int = 512, seed: int = 0) -> list[Path]:
@@ -126,6 +150,7 @@ def orthanc() -> Iterator[str | None]:
 
 
 def orthanc_ingest(url: str, paths: list[Path], workers: int = 4) -> float:
+    """POST every file from ``workers`` client threads; seconds until the last is stored."""
     with httpx.Client(base_url=url, timeout=60) as client:
 
         def post(p: Path) -> None:
@@ -140,68 +165,201 @@ def orthanc_ingest(url: str, paths: list[Path], workers: int = 4) -> float:
         return time.perf_counter() - t0
 
 
-def medlabel_ingest(paths: list[Path]) -> tuple[float, dict[str, object]]:
-    from fastapi.testclient import TestClient
-
+@contextmanager
+def medlabel_server(
+    projects: int, server_workers: int = 2
+) -> Iterator[tuple[str, dict[str, str], list[int], object]]:
+    """A fresh home with ``projects`` projects (and one more for the warm-up), served by
+    ``medlabel serve --workers N --no-worker`` on loopback; yields the URL, auth headers, the
+    project ids and the runtime (for the jobs)."""
     from medlabel.accounts import service as accounts
-    from medlabel.api.app import create_app
     from medlabel.config import Settings
-    from medlabel.jobs import service as jobs
-    from medlabel.projects import service as projects
+    from medlabel.projects import service as projects_service
     from medlabel.runtime import create_runtime
     from medlabel.storage.db import session_scope
 
     tmp = Path(tempfile.mkdtemp(prefix="medlabel-bench-"))
-    rt = create_runtime(Settings(home=tmp / "home", database_url=f"sqlite:///{tmp / 'db.sqlite'}"))
+    db_url = f"sqlite:///{tmp / 'db.sqlite'}"
+    rt = create_runtime(Settings(home=tmp / "home", database_url=db_url))
+    proc = None
     try:
         with session_scope(rt.sessions) as s:
             user = accounts.create_user(s, "bench", "a-long-enough-password", role="admin")
             actor = accounts.Actor(user.id, user.username, user.role)
-            pid = projects.create_project(s, actor, "bench").id
-        with TestClient(create_app(rt)) as client:
-            r = client.post(
-                "/api/v1/auth/login", json={"username": "bench", "password": "a-long-enough-password"}
-            )
-            headers = {"Authorization": f"Bearer {r.json()['token']}"}
-            t0 = time.perf_counter()
-            files = [("files", (p.name, p.read_bytes(), "application/dicom")) for p in paths]
-            job = client.post(f"/api/v1/projects/{pid}/imports", headers=headers, files=files).json()
-            jobs.execute_job(rt, job["id"])
-            elapsed = time.perf_counter() - t0
-            with session_scope(rt.sessions) as s:
-                result = dict(jobs.get_job(s, job["id"]).result or {})
-        return elapsed, result
+            pids = [projects_service.create_project(s, actor, f"bench {i}").id for i in range(projects + 1)]
+        with session_scope(rt.sessions) as s:
+            login = accounts.login(s, rt.settings, "bench", "a-long-enough-password", ip="127.0.0.1")
+        port = free_port()
+        env = {**os.environ, "MEDLABEL_HOME": str(tmp / "home"), "MEDLABEL_DATABASE_URL": db_url}
+        proc = subprocess.Popen(
+            [str(Path(sys.executable).with_name("medlabel")), "serve", "--host", "127.0.0.1"]
+            + ["--port", str(port), "--no-worker", "--no-access-log"]
+            + (["--workers", str(server_workers)] if server_workers > 1 else []),
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        base = f"http://127.0.0.1:{port}"
+        for _ in range(600):
+            try:
+                if httpx.get(base + "/api/v1/health", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                time.sleep(0.1)
+        yield base, {"Authorization": f"Bearer {login.token}"}, pids, rt
     finally:
+        if proc is not None:
+            proc.terminate()
+            try:
+                proc.wait(10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
         rt.close()
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+def medlabel_ingest(
+    base: str, headers: dict[str, str], pid: int, rt: object, paths: list[Path]
+) -> tuple[float, float, dict[str, object]]:
+    """Upload ``paths`` as one import and run its job; (total seconds, upload seconds, result)."""
+    from medlabel.jobs import service as jobs
+    from medlabel.storage.db import session_scope
+
+    with httpx.Client(base_url=base, headers=headers, timeout=300) as client:
+        t0 = time.perf_counter()
+        handles = [open(p, "rb") for p in paths]  # noqa: SIM115  (closed below; httpx streams them)
+        try:
+            files = [
+                ("files", (p.name, fh, "application/dicom")) for p, fh in zip(paths, handles, strict=True)
+            ]
+            r = client.post(f"/api/v1/projects/{pid}/imports", files=files)
+        finally:
+            for fh in handles:
+                fh.close()
+        r.raise_for_status()
+        uploaded = time.perf_counter() - t0
+        job_id = r.json()["id"]
+        jobs.execute_job(rt, job_id)  # type: ignore[arg-type]
+        elapsed = time.perf_counter() - t0
+    with session_scope(rt.sessions) as s:  # type: ignore[attr-defined]
+        job = jobs.get_job(s, job_id)
+        if job.state != "succeeded":
+            raise RuntimeError(f"import job {job.state}: {job.error}")
+        result = dict(job.result or {})
+    return elapsed, uploaded, result
+
+
+def medlabel_session_ingest(
+    base: str, headers: dict[str, str], pid: int, rt: object, paths: list[Path], clients: int = 4
+) -> tuple[float, float, dict[str, object]]:
+    """Upload ``paths`` through an upload session (one PUT per file from ``clients`` threads),
+    commit, run the job; (total seconds, upload seconds, result)."""
+    from medlabel.jobs import service as jobs
+    from medlabel.storage.db import session_scope
+
+    with httpx.Client(base_url=base, headers=headers, timeout=300) as client:
+        t0 = time.perf_counter()
+        r = client.post(f"/api/v1/projects/{pid}/uploads")
+        r.raise_for_status()
+        url = f"/api/v1/projects/{pid}/uploads/{r.json()['id']}"
+
+        def put(p: Path) -> str:
+            r = client.put(
+                f"{url}/files/{p.name}", content=p.read_bytes(), headers={"Content-Type": "application/dicom"}
+            )
+            r.raise_for_status()
+            return str(r.json()["status"])
+
+        with ThreadPoolExecutor(clients) as pool:
+            statuses = list(pool.map(put, paths))
+        if set(statuses) != {"prepared"}:
+            raise RuntimeError(f"not every file was prepared: {sorted(set(statuses))}")
+        r = client.post(f"{url}/commit")
+        r.raise_for_status()
+        uploaded = time.perf_counter() - t0
+        job_id = r.json()["id"]
+        jobs.execute_job(rt, job_id)  # type: ignore[arg-type]
+        elapsed = time.perf_counter() - t0
+    with session_scope(rt.sessions) as s:  # type: ignore[attr-defined]
+        job = jobs.get_job(s, job_id)
+        if job.state != "succeeded":
+            raise RuntimeError(f"import job {job.state}: {job.error}")
+        result = dict(job.result or {})
+    return elapsed, uploaded, result
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--quick", action="store_true", help="40 slices instead of 300")
+    ap.add_argument("--quick", action="store_true", help="40 slices instead of 300, one repetition")
     ap.add_argument("--slices", type=int, default=None)
+    ap.add_argument("--repeat", type=int, default=None, help="repetitions (default 3; --quick: 1)")
+    ap.add_argument("--orthanc-clients", type=int, default=4, help="client threads (Orthanc and sessions; 4)")
+    ap.add_argument("--server-workers", type=int, default=2, help="medlabel server processes (default 2)")
     args = ap.parse_args()
     n = args.slices or (40 if args.quick else 300)
+    repeat = args.repeat or (1 if args.quick else 3)
+    clients = args.orthanc_clients
     with tempfile.TemporaryDirectory() as d:
         t0 = time.perf_counter()
         paths = ct_series(Path(d) / "series", n)
+        warmup = ct_series(Path(d) / "warmup", WARMUP, seed=1)
         mb = sum(p.stat().st_size for p in paths) / 1e6
         print(
             f"generated {n} slices 512x512 ({mb:.0f} MB) in {time.perf_counter() - t0:.1f} s; cpus={os.cpu_count()}"
         )
-        ours, result = medlabel_ingest(paths)
+        sessions: list[float] = []
+        multipart: list[float] = []
+        theirs: list[float] = []
+        with medlabel_server(2 * repeat + 1, args.server_workers) as (base, headers, pids, rt):
+            medlabel_ingest(base, headers, pids[-1], rt, warmup)
+            medlabel_session_ingest(base, headers, pids[-2], rt, ct_series(Path(d) / "warmup2", WARMUP, seed=2))
+            try:
+                from medlabel.items.ingest import start_import_workers
+            except ImportError:  # a medlabel from before the import workers (comparisons)
+                workers = 0
+            else:
+                workers = start_import_workers(timeout=120)  # as a long-running worker has them
+            print(f"medlabel server processes: {args.server_workers}; import worker processes: {workers}")
+            for k in range(repeat):
+                total, upload, result = medlabel_session_ingest(base, headers, pids[2 * k], rt, paths, clients)
+                sessions.append(total)
+                print(
+                    f"  run {k + 1}: medlabel session   {total:.2f} s ({n / total:.0f} slices/s; PUTs + commit "
+                    f"{upload:.2f} s, job {total - upload:.2f} s) {result['counts']}",
+                    flush=True,
+                )
+                total, upload, result = medlabel_ingest(base, headers, pids[2 * k + 1], rt, paths)
+                multipart.append(total)
+                print(
+                    f"  run {k + 1}: medlabel multipart {total:.2f} s ({n / total:.0f} slices/s; upload {upload:.2f} s, "
+                    f"import job {total - upload:.2f} s) {result['counts']}",
+                    flush=True,
+                )
+                with orthanc() as url:
+                    if url is None:
+                        continue
+                    orthanc_ingest(url, warmup, clients)
+                    theirs.append(orthanc_ingest(url, paths, clients))
+                    print(
+                        f"  run {k + 1}: Orthanc            {theirs[-1]:.2f} s ({n / theirs[-1]:.0f} slices/s)",
+                        flush=True,
+                    )
+        m = statistics.median(sessions)
+        mm = statistics.median(multipart)
         print(
-            f"medlabel (upload + de-identify + import): {ours:.2f} s, {n / ours:.0f} slices/s; {result['counts']}"
+            f"medlabel upload session ({clients} clients, {args.server_workers} server processes; de-identify + "
+            f"import), median of {repeat}: {m:.2f} s, {n / m:.0f} slices/s"
         )
-        with orthanc() as url:
-            if url is None:
-                print("Orthanc: not available (apt-get install -y orthanc); no ratio")
-                return
-            theirs = orthanc_ingest(url, paths)
-            print(
-                f"Orthanc 1.x POST /instances (4 clients, no de-identification): {theirs:.2f} s, {n / theirs:.0f} slices/s"
-            )
-            print(f"ratio medlabel/Orthanc: {ours / theirs:.2f} (lower is faster)")
+        print(f"medlabel multipart (one POST + import job), median of {repeat}: {mm:.2f} s, {n / mm:.0f} slices/s")
+        if not theirs:
+            print("Orthanc: not available (apt-get install -y orthanc); no ratio")
+            return
+        o = statistics.median(theirs)
+        print(
+            f"Orthanc POST /instances ({clients} clients, no de-identification), median of {repeat}: "
+            f"{o:.2f} s, {n / o:.0f} slices/s"
+        )
+        print(f"ratio medlabel/Orthanc: session {m / o:.2f}, multipart {mm / o:.2f} (lower is faster)")
 
 
 if __name__ == "__main__":

@@ -3,14 +3,15 @@ TIFF, cold and warm: medlabel over HTTP vs OpenSlide's DeepZoomGenerator in-proc
 
 The slide is written tile by tile with tifffile (JPEG tiles, a pyramid of SubIFDs down to
 < 512 px) without ever holding a level in memory. medlabel serves
-``/api/v1/items/{id}/tiles/{level}/{col}_{row}.jpeg`` from uvicorn (20 concurrent clients);
-the peer is ``openslide.deepzoom.DeepZoomGenerator(tile_size=254, overlap=1).get_tile`` plus
-a JPEG encode (quality 80), called from 20 threads, no HTTP; for a like-for-like figure the
-same tiles also go through medlabel's core (``open_slide`` + ``render_tile``) in-process. "Cold" = first request for those
-tiles after opening the slide (the OS page cache may still hold the file); "warm" = the same
-viewport again.
+``/api/v1/items/{id}/tiles/{level}/{col}_{row}.jpeg`` from ``medlabel serve`` (one server process,
+and again with ``--workers 2``; 20 concurrent clients, the client of ``bench_render.py``); the
+peer is ``openslide.deepzoom.DeepZoomGenerator(tile_size=254, overlap=1).get_tile`` plus a JPEG
+encode (quality 80), called from 20 threads, no HTTP; for a like-for-like figure the same tiles
+also go through medlabel's core (``open_slide`` + ``render_tile``) in-process. "Cold" = the first
+request for those tiles after the server started (the slide is opened then; the OS page cache
+may still hold the file); "warm" = the same viewport again.
 
-Run: .venv/bin/python bench/bench_wsi.py [--quick] [--size N]
+Run: .venv/bin/python bench/bench_wsi.py [--quick] [--size N] [--workers 1,2]
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from pathlib import Path
 
 import numpy as np
 import tifffile
-from bench_render import hammer, start_medlabel  # type: ignore[import-not-found]
+from bench_render import hammer, prepare_medlabel, start_server  # type: ignore[import-not-found]
 
 TILE = 256
 
@@ -116,7 +117,9 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--quick", action="store_true", help="a 10 000 px slide instead of 50 000")
     ap.add_argument("--size", type=int, default=None)
+    ap.add_argument("--workers", default="1,2", help="server process counts to measure (default 1,2)")
     args = ap.parse_args()
+    counts = [int(w) for w in args.workers.split(",") if w.strip()]
     size = args.size or (10_000 if args.quick else 50_000)
     tmp = Path(tempfile.mkdtemp(prefix="wsi-bench-"))
     try:
@@ -129,21 +132,29 @@ def main() -> None:
         )
         top, tiles = viewport(size)
         t0 = time.perf_counter()
-        base, headers, item_id, stop = start_medlabel([path])
+        prepared = prepare_medlabel([path])
         print(f"medlabel import of the slide: {time.perf_counter() - t0:.1f} s")
+        http: dict[int, tuple[float, float]] = {}
         try:
-            urls = [f"/api/v1/items/{item_id}/tiles/{top}/{c}_{r}.jpeg" for c, r in tiles]
-            t0 = time.perf_counter()
-            c50, c95, _ = hammer(base, urls, headers)
-            cold = (time.perf_counter() - t0) * 1000
-            t0 = time.perf_counter()
-            w50, w95, _ = hammer(base, urls, headers)
-            warm = (time.perf_counter() - t0) * 1000
+            for workers in counts:
+                server = start_server(prepared, workers)
+                try:
+                    urls = [f"/api/v1/items/{server.item_id}/tiles/{top}/{c}_{r}.jpeg" for c, r in tiles]
+                    c50, c95, crps = hammer(server.base, urls, server.headers)
+                    cold = len(urls) / crps * 1000  # the viewport: first request sent to last answer
+                    w50, w95, wrps = hammer(server.base, urls, server.headers)
+                    warm = len(urls) / wrps * 1000
+                finally:
+                    server.stop()
+                http[workers] = (cold, warm)
+                procs = f"{workers} process{'es' if workers > 1 else ''}"
+                print(
+                    f"medlabel viewport (20 tiles, HTTP, {procs}): cold {cold:.0f} ms (p95 tile {c95:.0f} ms), "
+                    f"warm {warm:.0f} ms (p95 tile {w95:.0f} ms)",
+                    flush=True,
+                )
         finally:
-            stop()
-        print(
-            f"medlabel viewport (20 tiles, HTTP): cold {cold:.0f} ms (p95 tile {c95:.0f} ms), warm {warm:.0f} ms (p95 tile {w95:.0f} ms)"
-        )
+            prepared.cleanup()
         core = medlabel_core_viewport(path, top, tiles)
         print(
             f"medlabel core (in-process, no HTTP, no cache): first {core[0]:.0f} ms, again {core[1]:.0f} ms"
@@ -155,9 +166,11 @@ def main() -> None:
         print(
             f"OpenSlide DeepZoomGenerator (in-process, no HTTP): cold {peer[0]:.0f} ms, warm {peer[1]:.0f} ms"
         )
-        print(
-            f"ratio medlabel HTTP/OpenSlide: cold {cold / peer[0]:.2f}, warm {warm / peer[1]:.2f} (lower is faster)"
-        )
+        for workers, (cold, warm) in http.items():
+            print(
+                f"ratio medlabel HTTP ({workers} process{'es' if workers > 1 else ''})/OpenSlide: "
+                f"cold {cold / peer[0]:.2f}, warm {warm / peer[1]:.2f} (lower is faster)"
+            )
         print(
             f"ratio medlabel core/OpenSlide (both in-process): first {core[0] / peer[0]:.2f}, again {core[1] / peer[1]:.2f}"
         )

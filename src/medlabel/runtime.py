@@ -51,7 +51,9 @@ class Runtime:
 
     def start_worker(self, workers: int = 2, stale_after: timedelta = timedelta(seconds=60)) -> None:
         """Run a Huey consumer (threads) and the stale-job reaper inside this process."""
+        from medlabel.items import upload_sessions
         from medlabel.jobs.service import reap_stale_jobs
+        from medlabel.storage.db import session_scope
 
         if self._consumer is not None:
             return
@@ -72,6 +74,11 @@ class Runtime:
                     reap_stale_jobs(self, stale_after)
                 except Exception:  # noqa: BLE001
                     log.exception("reaping stale jobs failed")
+                try:
+                    with session_scope(self.sessions) as s:  # expired upload sessions + staging
+                        upload_sessions.reap_expired(s, self.settings.home)
+                except Exception:  # noqa: BLE001
+                    log.exception("reaping expired upload sessions failed")
                 if self._stop.wait(interval):
                     return
 

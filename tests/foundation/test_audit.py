@@ -74,13 +74,18 @@ def test_deleted_last_record_is_caught_by_the_head(runtime):
 
 
 def test_inserted_record_is_named(runtime):
-    """A forger shifts records 4.. up by one and slips a well-formed record in at 4."""
+    """A forger shifts records 4.. up by one (numbers and links) and slips a well-formed record
+    in at 4, in the same chain, and moves that chain's head."""
     _fill(runtime)
     with session_scope(runtime.sessions) as s:
         rows = s.scalars(select(AuditEvent).order_by(AuditEvent.seq.desc())).all()
         for row in rows:
             if row.seq >= 4:
-                s.execute(update(AuditEvent).where(AuditEvent.id == row.id).values(seq=row.seq + 1))
+                s.execute(
+                    update(AuditEvent)
+                    .where(AuditEvent.id == row.id)
+                    .values(seq=row.seq + 1, prev_seq=row.prev_seq + (1 if row.prev_seq >= 4 else 0))
+                )
         prev = s.scalar(select(AuditEvent).where(AuditEvent.seq == 3))
         forged = AuditEventData(action=AuditAction.PROJECT_DELETE, actor="mallory")
         at = prev.at + timedelta(milliseconds=1)
@@ -99,9 +104,11 @@ def test_inserted_record_is_named(runtime):
                 detail={},
                 prev_hash=prev.hash,
                 hash=content_hash(prev.hash, at, forged),
+                chain=prev.chain,
+                prev_seq=3,
             )
         )
-        s.execute(text("UPDATE audit_head SET seq = seq + 1"))
+        s.execute(text("UPDATE audit_head SET seq = seq + 1 WHERE id = :c"), {"c": prev.chain})
     r = _verify(runtime)
     assert not r.ok and r.problem.seq == 4 and r.problem.kind == "inserted", r.problem
 

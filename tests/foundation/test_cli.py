@@ -61,6 +61,7 @@ def test_demo_creates_logins_once(home):
     r = runner.invoke(app, ["demo", "--no-serve"])
     assert r.exit_code == 0, r.output
     assert "admin" in r.output and "ann" in r.output
+    assert "label schema" in r.output  # the example schema ships in the package
     creds = (home / "demo-credentials.txt").read_text()
     assert stat.S_IMODE((home / "demo-credentials.txt").stat().st_mode) == 0o600
     again = runner.invoke(app, ["demo", "--no-serve"])

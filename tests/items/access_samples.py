@@ -79,6 +79,38 @@ def _held(ctx: Any) -> int:
         return q.id
 
 
+def _upload(ctx: Any, *, with_file: bool = False) -> str:
+    """A fresh upload session of the project's manager (admins may use anyone's; the other
+    principals are refused before the session is looked up)."""
+    from medlabel.items import upload_sessions
+    from medlabel.items.settings import deid_settings
+    from medlabel.storage.models import Project
+
+    home = ctx.rt.settings.home
+    with session_scope(ctx.rt.sessions) as s:
+        row = upload_sessions.create_session(
+            s,
+            Actor(ctx.users["manager"], "u_manager", "user"),
+            project=s.get(Project, ctx.project_id),
+            home=home,
+        )
+        ref = upload_sessions.session_ref(row)
+        settings = deid_settings(s.get(Project, ctx.project_id))
+    if with_file:
+        original = upload_sessions.receive_path(ref, home=home)
+        shutil.copyfile(get_testdata_file("CT_small.dcm"), original)
+        upload_sessions.put_file(
+            ref,
+            "CT_small.dcm",
+            original,
+            settings=settings,
+            sessions=ctx.rt.sessions,
+            secret_key=ctx.rt.settings.secret_key,
+            home=home,
+        )
+    return f"/api/v1/projects/{ctx.project_id}/uploads/{ref.id}"
+
+
 def _item_url(kind: str, suffix: str = "") -> Callable[[Any], dict[str, Any]]:
     return lambda c: {"url": f"/api/v1/items/{_items(c)[kind]}{suffix}"}
 
@@ -90,6 +122,15 @@ SAMPLES: dict[tuple[str, str], Callable[[Any], dict[str, Any]]] = {
         "url": f"/api/v1/projects/{c.project_id}/imports",
         "files": [("files", ("x.png", _png(), "image/png"))],
     },
+    ("POST", P + "/uploads"): lambda c: {"url": f"/api/v1/projects/{c.project_id}/uploads"},
+    ("GET", P + "/uploads/{upload_id}"): lambda c: {"url": _upload(c)},
+    ("DELETE", P + "/uploads/{upload_id}"): lambda c: {"url": _upload(c)},
+    ("PUT", P + "/uploads/{upload_id}/files/{name}"): lambda c: {
+        "url": _upload(c) + "/files/CT_small.dcm",
+        # no Content-Type (the table passes its own headers): allowed principals get the 415
+        "content": Path(get_testdata_file("CT_small.dcm")).read_bytes(),
+    },
+    ("POST", P + "/uploads/{upload_id}/commit"): lambda c: {"url": _upload(c, with_file=True) + "/commit"},
     ("GET", P + "/items"): lambda c: {"url": f"/api/v1/projects/{c.project_id}/items"},
     ("GET", "/api/v1/items/{item_id}"): _item_url("image"),
     ("GET", "/api/v1/items/{item_id}/frames/{n}/rendered"): _item_url("image", "/frames/0/rendered"),

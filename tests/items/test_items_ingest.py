@@ -334,10 +334,10 @@ def test_an_unexpected_failure_in_one_file_does_not_stop_the_import(
     pid, h = team
     real = ingest.deidentify_dataset
 
-    def flaky(ds, config, ctx):
+    def flaky(ds, config, ctx, **kw):
         if str(ds.get("Modality")) == "MR":
             raise RuntimeError("simulated library bug")
-        return real(ds, config, ctx)
+        return real(ds, config, ctx, **kw)
 
     monkeypatch.setattr(ingest, "deidentify_dataset", flaky)
     files = [Path(get_testdata_file(n)) for n in ("CT_small.dcm", "MR_small.dcm")]
@@ -348,3 +348,156 @@ def test_an_unexpected_failure_in_one_file_does_not_stop_the_import(
         and "simulated library bug" in report["MR_small.dcm"]["message"]
     )
     assert _counts(runtime, pid) == (1, 1, 1)
+
+
+# ---------------------------------------------------------------- the fast path (docs/performance.md)
+
+
+def test_native_pixels_are_length_checked_and_odd_lengths_decoded(client, runtime, team, tmp_path):
+    """Native pixel data of exactly the described length is not decoded; any other length goes
+    to the decoder, whose refusal (short) or warning (padding) is reported as before."""
+    pid, h = team
+    paths, hu = ct_series(tmp_path / "ct", slices=3, shuffle=False)
+    long = pydicom.dcmread(paths[1])
+    long.PixelData = long.PixelData + b"\0\0\0\0"  # excess padding: the decoder warns, imports
+    long.save_as(paths[1])
+    short = pydicom.dcmread(paths[2])
+    short.PixelData = short.PixelData[:-64]
+    short.save_as(tmp_path / "short.dcm")
+    short.SOPInstanceUID = short.file_meta.MediaStorageSOPInstanceUID = pydicom.uid.generate_uid()
+    report = by_name(import_via_api(client, runtime, h, pid, [*paths[:2], tmp_path / "short.dcm"]))
+    assert report["short.dcm"]["status"] == "error" and "truncated" in report["short.dcm"]["message"]
+    assert report["img000.dcm"]["status"] == report["img001.dcm"]["status"] == "imported"
+    assert any("excess padding" in w for w in report["img001.dcm"]["warnings"])
+    assert not report["img000.dcm"].get("warnings")
+
+
+def test_upload_is_streamed_to_the_upload_folder(client, runtime, team, monkeypatch):
+    pid, h = team
+    url = f"/api/v1/projects/{pid}/imports"
+    dcm = Path(get_testdata_file("CT_small.dcm")).read_bytes()
+    # other form fields are ignored; names, empty files and order are kept
+    r = client.post(
+        url,
+        headers=h,
+        data={"note": "ignored"},
+        files=[("files", ("a/../b c.dcm", dcm, "application/dicom")), ("files", ("empty.txt", b"", "text/plain"))],
+    )
+    assert r.status_code == 202, r.text
+    report = by_name(run_job(runtime, r.json()["id"]))
+    assert report["b_c.dcm"]["status"] == "imported"
+    assert report["empty.txt"]["status"] == "error"
+    # not multipart, no 'files' part, too many files: refused, nothing left behind
+    assert client.post(url, headers=h, content=b"x", params={}).status_code == 422
+    r = client.post(url, headers=h, files=[("other", ("x.dcm", dcm, "application/dicom"))])
+    assert r.status_code == 422 and "files" in r.text
+    monkeypatch.setenv("MEDLABEL_IMPORT_MAX_FILES", "2")
+    r = client.post(url, headers=h, files=[("files", (f"{i}.dcm", dcm, "application/dicom")) for i in range(3)])
+    assert r.status_code == 413
+    assert not any((runtime.settings.home / "uploads").iterdir())
+    # access is checked before the body is read
+    assert client.post(url, files=[("files", ("x.dcm", dcm, "application/dicom"))]).status_code == 401
+
+
+def test_worker_process_preparation_matches_this_process(runtime, team, tmp_path):
+    """A worker process writes exactly the file this process would; a patient not resolved by
+    the parent comes back instead of getting a pseudonym of the worker's own."""
+    from medlabel.deid import DeidConfig, DeidContext, InMemoryDateOffsetStore, InMemoryPseudonymStore, Option
+    from medlabel.items import ingest
+    from medlabel.items.unpack import Candidate, IngestLimits
+
+    paths, _ = ct_series(tmp_path / "ct", slices=2)
+    cfg = DeidConfig(
+        project_secret=b"0123456789abcdef0123",
+        options=frozenset({Option.RETAIN_LONGITUDINAL_MODIFIED_DATES, Option.CLEAN_DESCRIPTORS}),
+    )
+    names = ingest.RecordingPseudonymStore(InMemoryPseudonymStore())
+    days = ingest.RecordingDateOffsetStore(InMemoryDateOffsetStore(b"0123456789abcdef0123"))
+    work = tmp_path / "work"
+    work.mkdir()
+    limits = IngestLimits()
+    here = ingest._prepare_dicom(
+        Candidate("a", paths[0]), config=cfg, ctx=DeidContext(names, days), limits=limits, work=work
+    )
+    unknown = ingest._Remote(cfg, {}, {}, limits, work)
+    assert ingest._prepare_remote(Candidate("a", paths[0]), unknown) == ("unknown", None, None)
+    known = ingest._Remote(cfg, dict(names.known), dict(days.known), limits, work)
+    kind, remote, digest = ingest._prepare_remote(Candidate("a", paths[0]), known)
+    assert kind == "ok" and remote.path != here.path
+    assert remote.path.read_bytes() == here.path.read_bytes()
+    assert digest == __import__("hashlib").sha256(here.path.read_bytes()).hexdigest()
+    assert (remote.info, remote.pseudonym, remote.reasons) == (here.info, here.pseudonym, here.reasons)
+    bad = tmp_path / "bad.dcm"
+    bad.write_bytes(paths[1].read_bytes()[:2000])
+    kind, message, code = ingest._prepare_remote(Candidate("bad", bad), known)
+    assert kind == "error" and code == "dicom_error"
+
+
+def test_import_through_worker_processes(client, runtime, team, tmp_path, monkeypatch):
+    from medlabel.items import ingest
+
+    pid, h = team
+    monkeypatch.setattr(ingest, "POOL_MIN_FILES", 2)
+    monkeypatch.setenv("MEDLABEL_IMPORT_PROCESSES", "1")
+    here = []
+    real = ingest._prepare_dicom
+    monkeypatch.setattr(ingest, "_prepare_dicom", lambda cand, **kw: here.append(cand) or real(cand, **kw))
+    try:
+        assert ingest.start_import_workers(timeout=300) == 1
+        paths, hu = ct_series(tmp_path / "ct", slices=12)
+        result = import_via_api(client, runtime, h, pid, paths)
+    finally:
+        pooled = ingest._POOL
+        if pooled is not None:
+            ingest._drop_pool(pooled[0])
+    assert result["counts"] == {"imported": 12}
+    assert 1 <= len(here) <= 10  # the first file here (it resolves the patient), some in the worker
+    item = client.get(f"/api/v1/projects/{pid}/items", headers=h).json()["items"][0]
+    assert (item["kind"], item["frames"]) == ("volume", 12)
+    with session_scope(runtime.sessions) as s:
+        digests = s.scalars(
+            select(Instance.blob_sha256).where(Instance.item_id == item["id"]).order_by(Instance.slice_index)
+        ).all()
+    for k, digest in enumerate(digests):
+        raw = runtime.blobs.get(digest)
+        assert PATIENT_ID.encode() not in raw and b"Elsewhere" not in raw
+        ds = pydicom.dcmread(__import__("io").BytesIO(raw))
+        assert ds.PatientID == item["patient_pseudonym"]
+        np.testing.assert_array_equal(ds.pixel_array.astype(np.int32) - 1024, hu[k])
+
+
+def test_a_broken_worker_pool_falls_back_to_this_process(client, runtime, team, tmp_path, monkeypatch):
+    from concurrent.futures import Future
+    from concurrent.futures.process import BrokenProcessPool
+
+    from medlabel.items import ingest
+
+    class Broken:
+        def submit(self, *a, **k):
+            raise BrokenProcessPool("a worker died")
+
+        def shutdown(self, *a, **k):
+            pass
+
+    ready: Future[int] = Future()
+    ready.set_result(1)
+    monkeypatch.setattr(ingest, "POOL_MIN_FILES", 2)
+    monkeypatch.setattr(ingest, "_worker_pool", lambda: (Broken(), ready, 1))
+    pid, h = team
+    paths, _ = ct_series(tmp_path / "ct", slices=5)
+    assert import_via_api(client, runtime, h, pid, paths)["counts"] == {"imported": 5}
+
+
+def test_blobs_are_adopted_by_link_and_their_folders_synced(runtime, tmp_path):
+    import hashlib
+
+    store = runtime.blobs
+    src = runtime.settings.home / "uploads" / "x.bin"
+    src.parent.mkdir(parents=True, exist_ok=True)
+    src.write_bytes(b"adopted")
+    digest = hashlib.sha256(b"adopted").hexdigest()
+    assert store.adopt(src, digest) == digest and store.adopt(src, digest) == digest
+    assert store.get(digest) == b"adopted" and src.exists()
+    store.sync_dirs([digest])
+    src.unlink()
+    assert store.get(digest) == b"adopted"

@@ -225,3 +225,129 @@ def test_png_item_renders_its_pixels(client, runtime, team, tmp_path):
     raw = raw_of(client.get(f"/api/v1/items/{item_id}/frames/0/raw", headers=ann))
     np.testing.assert_array_equal(raw, data.camera())
     assert client.get(f"/api/v1/items/{item_id}/dzi", headers=ann).status_code == 422
+
+
+# ---------------------------------------------------------------- access checks of pixel routes
+# Pixel routes check access from in-process caches (``medlabel.storage.cache``) when they can;
+# whatever changes in this process must be seen by the very next request.
+
+
+@pytest.fixture
+def long_cache_ttl():
+    from medlabel.storage import cache
+
+    before = cache.cache_ttl()
+    cache.set_cache_ttl(3600)  # only invalidation can explain a fresh answer
+    yield
+    cache.set_cache_ttl(before)
+
+
+def _pixel_url(item_id: int) -> str:
+    return f"/api/v1/items/{item_id}/frames/0/rendered"
+
+
+def test_pixel_routes_see_logout_at_once(client, runtime, team, series, long_cache_ttl):
+    _pid, _boss, _ann = team
+    item_id, _ = series
+    from ..foundation.helpers import login
+
+    h = login(client, "ann")
+    for _ in range(3):
+        assert client.get(_pixel_url(item_id), headers=h).status_code == 200
+    assert client.post("/api/v1/auth/logout", headers=h).status_code == 204
+    assert client.get(_pixel_url(item_id), headers=h).status_code == 401
+    assert client.get(f"/api/v1/items/{item_id}/tiles/0/0_0.jpeg", headers=h).status_code == 401
+
+
+def test_pixel_routes_see_membership_and_status_changes_at_once(
+    client, runtime, team, series, long_cache_ttl
+):
+    from medlabel.items.models import Item
+
+    pid, boss, ann = team
+    item_id, _ = series
+    assert client.get(_pixel_url(item_id), headers=ann).status_code == 200
+    assert client.get(_pixel_url(item_id), headers=ann).status_code == 200  # all cached now
+    with session_scope(runtime.sessions) as s:
+        s.get(Item, item_id).status = "quarantined"
+    r = client.get(_pixel_url(item_id), headers=ann)
+    assert r.status_code == 409 and r.json()["error"]["code"] == "quarantined"
+    assert client.get(_pixel_url(item_id), headers=boss).status_code == 200  # managers decide
+    with session_scope(runtime.sessions) as s:
+        s.get(Item, item_id).status = "ready"
+    assert client.get(_pixel_url(item_id), headers=ann).status_code == 200
+    r = client.delete(f"/api/v1/projects/{pid}/members/ann/annotator", headers=boss)
+    assert r.status_code == 204, r.text
+    r = client.get(_pixel_url(item_id), headers=ann)
+    assert r.status_code == 404 and "no item" in r.json()["error"]["message"]
+    assert client.get(f"/api/v1/items/{item_id}/frames/0/raw", headers=ann).status_code == 404
+
+
+def test_pixel_routes_enforce_idle_expiry_exactly(client, runtime, team, series, long_cache_ttl):
+    from medlabel.accounts.service import _TOUCH_EVERY
+
+    _pid, _boss, ann = team
+    item_id, _ = series
+    assert client.get(_pixel_url(item_id), headers=ann).status_code == 200
+    idle = runtime.settings.idle_timeout
+    clock.set_offset(idle - timedelta(seconds=1))  # still alive: this request refreshes last_seen
+    assert client.get(_pixel_url(item_id), headers=ann).status_code == 200
+    clock.set_offset(idle - timedelta(seconds=1) + _TOUCH_EVERY / 2)
+    assert client.get(_pixel_url(item_id), headers=ann).status_code == 200
+    clock.set_offset(2 * idle)  # idle since the refresh
+    r = client.get(_pixel_url(item_id), headers=ann)
+    assert r.status_code == 401 and r.json()["error"]["code"] == "session_expired"
+    with session_scope(runtime.sessions) as s:
+        ev = s.scalar(select(AuditEvent).where(AuditEvent.action == "auth.session_expired"))
+        assert ev is not None and ev.detail == {"reason": "idle"}
+
+
+def test_pixel_routes_touch_last_seen_at_most_every_touch_interval(
+    client, runtime, team, series, long_cache_ttl
+):
+    from medlabel.accounts.service import _TOUCH_EVERY, hash_token
+    from medlabel.storage.models import UserSession
+
+    _pid, _boss, ann = team
+    item_id, _ = series
+    token = ann["Authorization"].removeprefix("Bearer ")
+
+    def last_seen():
+        with session_scope(runtime.sessions) as s:
+            return s.scalar(
+                select(UserSession.last_seen_at).where(UserSession.token_hash == hash_token(token))
+            )
+
+    first = last_seen()
+    for k in range(4):
+        assert client.get(f"/api/v1/items/{item_id}/frames/{k}/rendered", headers=ann).status_code == 200
+    assert last_seen() == first
+    clock.set_offset(_TOUCH_EVERY + timedelta(seconds=1))
+    for k in range(4):
+        assert client.get(f"/api/v1/items/{item_id}/frames/{k}/rendered", headers=ann).status_code == 200
+    touched = last_seen()
+    assert touched > first and touched - first >= _TOUCH_EVERY
+
+
+def test_pixel_access_sees_other_processes_within_the_ttl(client, runtime, team, series):
+    """A membership removed behind the ORM (as by another server process) is seen after the TTL."""
+    import time as _time
+
+    from sqlalchemy import text
+
+    from medlabel.storage import cache
+
+    before = cache.cache_ttl()
+    cache.set_cache_ttl(0.3)
+    try:
+        pid, _boss, ann = team
+        item_id, _ = series
+        assert client.get(_pixel_url(item_id), headers=ann).status_code == 200
+        with runtime.engine.begin() as conn:
+            conn.execute(
+                text("DELETE FROM memberships WHERE project_id = :p AND role = 'annotator'"), {"p": pid}
+            )
+        _time.sleep(0.35)
+        assert client.get(_pixel_url(item_id), headers=ann).status_code == 404
+    finally:
+        cache.set_cache_ttl(before)

@@ -90,3 +90,73 @@ def test_cli_project_schema_and_tasks_status(tmp_path, monkeypatch):
         ["done", "0", "0", "0"],
     ]
     assert runner.invoke(app, ["tasks", "status", "Nope"]).exit_code == 1
+
+
+def _claim(rt, actor: Actor, pid: int):
+    with session_scope(rt.sessions) as s:
+        access = require_project(s, actor, pid, Permission.PROJECT_READ)
+        return task_service.claim_next(s, actor, access, stage=None)
+
+
+def test_claim_order_leases_and_reclaims_in_one_statement(runtime):
+    """The one-statement claim keeps the step-by-step order: the caller's own task (a live hold
+    comes back unchanged), a task reserved for them, an abandoned task, then the open pool by
+    priority; others' reservations are never taken."""
+    from datetime import timedelta
+
+    from sqlalchemy import event, update
+
+    from medlabel import clock
+    from medlabel.labeling.models import Task
+
+    pid, items = setup_project(
+        runtime,
+        "Order",
+        {"a1": ["annotator"], "a2": ["annotator"]},
+        n_items=5,
+        workflow={"lease_seconds": 60},
+    )
+    with session_scope(runtime.sessions) as s:
+        ids = dict(s.execute(select(User.username, User.id)).all())
+        tasks = {t.item_id: t.id for t in s.scalars(select(Task).where(Task.project_id == pid))}
+        # item 0 is the most urgent; item 4 is reserved for a2 (rework), item 3 for a1
+        s.execute(update(Task).where(Task.id == tasks[items[0]]).values(priority=9.0))
+        s.execute(update(Task).where(Task.id == tasks[items[4]]).values(reserved=True, assignee_id=ids["a2"]))
+        s.execute(update(Task).where(Task.id == tasks[items[3]]).values(reserved=True, assignee_id=ids["a1"]))
+    a1, a2 = Actor(ids["a1"], "a1", "user"), Actor(ids["a2"], "a2", "user")
+
+    statements: list[str] = []
+
+    def listen(_c, _cur, st, *_a) -> None:
+        statements.append(st)
+
+    event.listen(runtime.engine, "before_cursor_execute", listen)
+    try:
+        first = _claim(runtime, a1, pid)
+    finally:
+        event.remove(runtime.engine, "before_cursor_execute", listen)
+    assert first.id == tasks[items[3]]  # reserved for a1 beats the more urgent open task
+    assert first.claim_count == 1 and first.lease_expires_at == first.claimed_at + timedelta(seconds=60)
+    assert sum(st.startswith("UPDATE tasks ") for st in statements) == 1
+    assert not any(st.startswith("SELECT") and "FROM tasks" in st for st in statements)
+
+    again = _claim(runtime, a1, pid)  # a live hold: idempotent, nothing changes
+    assert (again.id, again.claimed_at, again.lease_expires_at, again.claim_count) == (
+        first.id,
+        first.claimed_at,
+        first.lease_expires_at,
+        1,
+    )
+    assert _claim(runtime, a2, pid).id == tasks[items[4]]  # a2's reservation, not a1's or the pool's
+
+    clock.set_offset(timedelta(seconds=61))  # both leases run out
+    later = _claim(runtime, a1, pid)  # own expired hold: renewed, counted as a new claim
+    assert later.id == first.id and later.claim_count == 2 and later.claimed_at > first.claimed_at
+    with session_scope(runtime.sessions) as s:
+        s.execute(update(Task).where(Task.id == first.id).values(state="done"))
+    # a2's task is reserved for a2 even with its lease over: a1 gets the open pool
+    assert _claim(runtime, a1, pid).id == tasks[items[0]]  # the most urgent open task
+    with session_scope(runtime.sessions) as s:
+        s.execute(update(Task).where(Task.id == tasks[items[4]]).values(reserved=False))
+        s.execute(update(Task).where(Task.id == tasks[items[0]]).values(state="done"))
+    assert _claim(runtime, a1, pid).id == tasks[items[4]]  # abandoned by a2, before items 1 and 2

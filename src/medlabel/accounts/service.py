@@ -9,12 +9,14 @@ from __future__ import annotations
 import hashlib
 import re
 import secrets
+import threading
+import time
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
-from typing import NoReturn
+from typing import NoReturn, cast
 
-from sqlalchemy import func, select
-from sqlalchemy.orm import Session
+from sqlalchemy import Engine, Table, func, select, update
+from sqlalchemy.orm import Session, sessionmaker
 
 from medlabel import clock
 from medlabel.audit import service as audit
@@ -29,6 +31,8 @@ from medlabel.security.passwords import (
     verify_password,
 )
 from medlabel.security.rbac import GlobalRole
+from medlabel.storage.cache import RowCache, engine_of
+from medlabel.storage.db import session_scope
 from medlabel.storage.models import LoginAttempt, User, UserSession
 
 __all__ = [
@@ -41,6 +45,13 @@ __all__ = [
     "login",
     "logout",
     "resolve_session",
+    "resolve_actor",
+    "SessionCheck",
+    "cached_session",
+    "cached_actor",
+    "peek_session",
+    "claim_touch",
+    "touch_session",
     "hash_token",
 ]
 
@@ -288,7 +299,8 @@ def resolve_session(
     session: Session, settings: Settings, token: str, *, ip: str = ""
 ) -> tuple[User, UserSession]:
     """The user behind a session token, enforcing idle and absolute expiry."""
-    row = session.scalar(select(UserSession).where(UserSession.token_hash == hash_token(token)))
+    token_hash = hash_token(token)
+    row = session.scalar(select(UserSession).where(UserSession.token_hash == token_hash))
     if row is None or row.revoked_at is not None:
         raise Unauthorized("not logged in, or the session was ended")
     user = session.get(User, row.user_id)
@@ -301,7 +313,157 @@ def resolve_session(
         _expire(session, row, user, "absolute", ip)
     if now - row.last_seen_at > _TOUCH_EVERY:
         row.last_seen_at = now
+    else:
+        _remember(session, token_hash, _facts(user, row))
     return user, row
+
+
+# ---------------------------------------------------------------- session cache
+#
+# Every request resolves its token; the facts needed for that are cached for a couple of
+# seconds (``medlabel.storage.cache``). Expiry is computed from the cached timestamps: the cached
+# ``last_seen_at`` is never newer than the database's, so a session the cache finds neither idle
+# nor past its absolute lifetime is not expired in the database either; anything else goes to
+# the database (which records the expiry). Logout, expiry, and any change of the session row or
+# of its user (role, deactivation) drop the entry at once in this process; other processes see
+# such a change at most one TTL later. ``last_seen_at`` is still written at most every
+# ``_TOUCH_EVERY``: by the request path that finds it due, or -- for pixel requests -- by one
+# request per session and process (``claim_touch`` / ``touch_session``) while the others go on.
+
+
+@dataclass(frozen=True, slots=True)
+class _SessionFacts:
+    user_id: int
+    username: str
+    role: str
+    created_at: datetime
+    last_seen_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class SessionCheck:
+    """A session found valid: the actor, and whether its ``last_seen_at`` is due a refresh."""
+
+    actor: Actor
+    token_hash: str
+    touch_due: bool
+    facts: _SessionFacts
+
+
+_sessions_cache = RowCache(
+    "sessions",
+    {
+        UserSession: lambda row: [row.token_hash],
+        User: lambda user: lambda _key, facts: facts.user_id == user.id,
+    },
+)
+_touch_lock = threading.Lock()
+_touch_claims: dict[str, float] = {}
+
+
+def _facts(user: User, row: UserSession) -> _SessionFacts:
+    return _SessionFacts(user.id, user.username, user.role, row.created_at, row.last_seen_at)
+
+
+def _remember(session: Session, token_hash: str, facts: _SessionFacts) -> None:
+    """Cache a session found valid (committed facts only: see RowCache.put)."""
+    _sessions_cache.put(session, token_hash, facts)
+
+
+def _check(settings: Settings, token_hash: str, facts: _SessionFacts, ip: str) -> SessionCheck | None:
+    """Valid (neither idle nor past its absolute lifetime, from these timestamps), or None."""
+    now = clock.now()
+    if now - facts.last_seen_at > settings.idle_timeout or now - facts.created_at > settings.absolute_timeout:
+        return None
+    actor = Actor(user_id=facts.user_id, username=facts.username, role=facts.role, ip=ip)
+    return SessionCheck(actor, token_hash, now - facts.last_seen_at > _TOUCH_EVERY, facts)
+
+
+def cached_session(
+    engine: Engine | None, settings: Settings, token: str, *, ip: str = ""
+) -> SessionCheck | None:
+    """A valid session from the in-process cache, or None when the database must be asked (not
+    cached, or maybe expired). Never touches the database."""
+    token_hash = hash_token(token)
+    facts: _SessionFacts | None = _sessions_cache.get(engine, token_hash)
+    return None if facts is None else _check(settings, token_hash, facts, ip)
+
+
+def cached_actor(engine: Engine | None, settings: Settings, token: str, *, ip: str = "") -> Actor | None:
+    """The actor of ``token`` from the in-process cache, or None when the database must be asked
+    (not cached, maybe expired, or ``last_seen_at`` due). Never touches the database."""
+    found = cached_session(engine, settings, token, ip=ip)
+    return found.actor if found is not None and not found.touch_due else None
+
+
+def resolve_actor(session: Session, settings: Settings, token: str, *, ip: str = "") -> Actor:
+    """:func:`resolve_session` as an :class:`Actor`, answered from the cache when it can be."""
+    found = cached_actor(engine_of(session), settings, token, ip=ip)
+    if found is not None:
+        return found
+    user, _row = resolve_session(session, settings, token, ip=ip)
+    return Actor(user_id=user.id, username=user.username, role=user.role, ip=ip)
+
+
+def peek_session(session: Session, settings: Settings, token: str, *, ip: str = "") -> SessionCheck | None:
+    """Check ``token`` without writing (read-only sessions): the valid session (cached for the
+    next requests), or None when :func:`resolve_session` must run in a writing transaction to
+    record an expiry. Unknown or ended sessions raise ``Unauthorized`` as there."""
+    token_hash = hash_token(token)
+    row = session.scalar(select(UserSession).where(UserSession.token_hash == token_hash))
+    if row is None or row.revoked_at is not None:
+        raise Unauthorized("not logged in, or the session was ended")
+    user = session.get(User, row.user_id)
+    if user is None or not user.is_active:
+        return None
+    facts = _facts(user, row)
+    found = _check(settings, token_hash, facts, ip)
+    if found is not None:
+        _remember(session, token_hash, facts)
+    return found
+
+
+def claim_touch(check: SessionCheck) -> bool:
+    """Whether this request should write the session's ``last_seen_at`` (one request per session
+    and process at a time; the others go on with the session as checked)."""
+    if not check.touch_due:
+        return False
+    now = time.monotonic()
+    with _touch_lock:
+        claimed = _touch_claims.get(check.token_hash)
+        if claimed is not None and now - claimed < 30:
+            return False
+        _touch_claims[check.token_hash] = now
+        return True
+
+
+def touch_session(sessions: sessionmaker[Session], check: SessionCheck) -> None:
+    """Write ``last_seen_at = now`` for a claimed session (:func:`claim_touch`), unless another
+    process did in the last ``_TOUCH_EVERY``; then move the cached entry on."""
+    now = clock.now()
+    table = cast(Table, UserSession.__table__)
+    try:
+        with session_scope(sessions) as s:
+            # Core, not the ORM: the cached entry is moved on below instead of being dropped
+            done = s.connection().execute(
+                update(table)
+                .where(
+                    table.c.token_hash == check.token_hash,
+                    table.c.revoked_at.is_(None),
+                    table.c.last_seen_at < now - _TOUCH_EVERY,
+                )
+                .values(last_seen_at=now)
+            )
+            engine = engine_of(s)
+        if done.rowcount == 1:
+            _sessions_cache.swap(
+                engine, check.token_hash, check.facts, replace(check.facts, last_seen_at=now)
+            )
+        else:  # revoked, or touched by another process: read it again next time
+            _sessions_cache.invalidate(engine, [check.token_hash])
+    finally:
+        with _touch_lock:
+            _touch_claims.pop(check.token_hash, None)
 
 
 def logout(session: Session, token: str, *, ip: str = "") -> None:

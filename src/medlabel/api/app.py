@@ -14,7 +14,18 @@ from fastapi.staticfiles import StaticFiles
 from medlabel import __version__
 from medlabel.api.errors import install_error_handlers
 from medlabel.api.limits import BodyLimitMiddleware
-from medlabel.api.routes import audit, auth, health, items, jobs, labeling, projects, quality, users
+from medlabel.api.routes import (
+    audit,
+    auth,
+    health,
+    items,
+    jobs,
+    labeling,
+    projects,
+    quality,
+    upload_sessions,
+    users,
+)
 from medlabel.runtime import Runtime
 
 __all__ = ["create_app", "API_PREFIX", "ROUTERS", "iter_api_routes"]
@@ -31,6 +42,7 @@ ROUTERS: tuple[APIRouter, ...] = (
     jobs.router,
     audit.router,
     items.router,
+    upload_sessions.router,
     labeling.router,
     quality.router,
 )

@@ -2,11 +2,18 @@
 
 from __future__ import annotations
 
+import re
+
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from medlabel.api.errors import error_response
 
 __all__ = ["BodyLimitMiddleware"]
+
+
+#: Raw file bodies (an upload session's PUT) get the upload limit, not the JSON one.
+_RAW_UPLOADS = frozenset({"application/dicom", "application/octet-stream"})
+_RAW_UPLOAD_PATH = re.compile(r"^/api/v1/projects/[^/]+/uploads/[^/]+/files/[^/]+$")
 
 
 class _TooLarge(Exception):
@@ -24,7 +31,10 @@ class BodyLimitMiddleware:
             await self.app(scope, receive, send)
             return
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers", [])}
-        is_upload = headers.get("content-type", "").startswith("multipart/")
+        ctype = headers.get("content-type", "").split(";")[0].strip().lower()
+        is_upload = ctype.startswith("multipart/") or (
+            ctype in _RAW_UPLOADS and scope.get("method") == "PUT" and _RAW_UPLOAD_PATH.search(scope.get("path", ""))
+        )
         limit = self.max_upload if is_upload else self.max_body
         declared = headers.get("content-length")
         if declared is not None and declared.isdigit() and int(declared) > limit:

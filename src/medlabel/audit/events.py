@@ -1,10 +1,15 @@
-"""Typed audit events and the hash chain (pure: no DB).
+"""Typed audit events and the hash chains (pure: no DB).
 
-Each record's hash is SHA-256 over the previous record's hash and a canonical JSON of the
-record's content (time, actor, address, action, object, project, outcome, detail). The
-sequence number is deliberately *not* hashed, so that verification can tell an inserted
-record (a later record's ``prev_hash`` points past it) from a changed one (its own hash no
-longer matches its content).
+Each record's hash is SHA-256 over the previous record's hash *in its chain* and a canonical JSON
+of the record's content (time, actor, address, action, object, project, outcome, detail).
+
+The log is several independent chains (``chain`` 1..N, one head row each) so that concurrent
+transactions append without waiting for each other; ``seq`` is one global order over all of them
+(what export and the API sort and page by), and ``prev_seq`` names the record a record links to.
+``seq``, ``chain`` and ``prev_seq`` are deliberately *not* hashed, so that verification can tell
+an inserted record (a later record's ``prev_hash`` points past it) from a changed one (its own
+hash no longer matches its content), and can name a removed record by the number its successor
+(or its chain's head) still carries.
 """
 
 from __future__ import annotations
@@ -25,7 +30,9 @@ __all__ = [
     "ChainProblem",
     "GENESIS_HASH",
     "content_hash",
+    "ChainWalker",
     "verify_chain",
+    "verify_chains",
 ]
 
 GENESIS_HASH = "0" * 64
@@ -93,6 +100,8 @@ class ChainRecord:
     detail: dict[str, Any]
     prev_hash: str
     hash: str
+    chain: int = 1
+    prev_seq: int = 0
 
 
 @dataclass(frozen=True)
@@ -100,6 +109,7 @@ class ChainProblem:
     seq: int
     kind: str  # changed | removed | inserted | head
     message: str
+    chain: int = 1
 
 
 def _canonical(
@@ -145,63 +155,186 @@ def content_hash(prev_hash: str, at: datetime, event: AuditEventData | ChainReco
     return hashlib.sha256(prev_hash.encode() + b"\n" + body).hexdigest()
 
 
+class ChainWalker:
+    """Checks one chain, fed its records in ``seq`` order; ``problem`` is the first one found.
+
+    * **changed**: a record's hash no longer matches its content;
+    * **inserted**: a record links to an earlier record than the one before it (the records in
+      between were slipped in), or records follow the chain's head;
+    * **removed**: a record links to a record that is gone (named by the ``prev_seq`` it still
+      carries), or the head names a last record that is gone;
+    * **head**: the last record does not match the head's hash.
+    """
+
+    def __init__(self, chain: int = 1) -> None:
+        self.chain = chain
+        self.count = 0
+        self.problem: ChainProblem | None = None
+        self._prev_hash = GENESIS_HASH
+        self._prev_seq = 0
+        self._last: ChainRecord | None = None
+        # hash -> seq of every record walked, and seq -> the seq walked right after it
+        self._seen: dict[str, int] = {GENESIS_HASH: 0}
+        self._after: dict[int, int] = {}
+        self._first_past_head: int | None = None
+        self._head_seq: int | None = None
+
+    @property
+    def last_seq(self) -> int:
+        """The ``seq`` of the last record accepted (0 before any)."""
+        return self._last.seq if self._last is not None else 0
+
+    def expect_head(self, head_seq: int) -> None:
+        """Tell the walker the head's last seq up front, so it can name the first record appended
+        past it."""
+        self._head_seq = head_seq
+
+    def _fail(self, seq: int, kind: str, message: str) -> bool:
+        self.problem = ChainProblem(seq, kind, message, self.chain)
+        return False
+
+    def feed(self, rec: ChainRecord) -> bool:
+        """Check the next record; False once a problem was found (later records are ignored)."""
+        if self.problem is not None:
+            return False
+        self.count += 1
+        c = self.chain
+        if content_hash(rec.prev_hash, rec.at, rec) != rec.hash:
+            return self._fail(
+                rec.seq, "changed", f"record {rec.seq} was changed: its content no longer matches its hash"
+            )
+        if rec.prev_hash != self._prev_hash:
+            if rec.prev_hash in self._seen:
+                linked = self._seen[rec.prev_hash]
+                first = self._after.get(linked, rec.seq)
+                return self._fail(
+                    first,
+                    "inserted",
+                    f"record {first} was inserted: record {rec.seq} links to record {linked}, "
+                    f"not to the record before it (chain {c})",
+                )
+            if rec.prev_seq > self._prev_seq:
+                return self._fail(
+                    rec.prev_seq,
+                    "removed",
+                    f"record {rec.prev_seq} was removed: record {rec.seq} links to it and it is gone "
+                    f"(chain {c}; any records between {self._prev_seq} and it are gone too)",
+                )
+            return self._fail(
+                rec.seq,
+                "removed",
+                f"the record before {rec.seq} was removed or replaced (broken link, chain {c})",
+            )
+        if rec.prev_seq != self._prev_seq:
+            # the links hold but the numbering does not: records were taken out and the rest
+            # re-hashed, or the numbers edited
+            if rec.prev_seq > self._prev_seq:
+                return self._fail(
+                    rec.prev_seq,
+                    "removed",
+                    f"record {rec.prev_seq} is missing: record {rec.seq} follows it in chain {c}",
+                )
+            return self._fail(rec.seq, "changed", f"record {rec.seq} was changed: its link number was edited")
+        if self._last is not None:
+            self._after[self._last.seq] = rec.seq
+        if self._head_seq is not None and self._first_past_head is None and rec.seq > self._head_seq:
+            self._first_past_head = rec.seq
+        self._seen[rec.hash] = rec.seq
+        self._prev_hash = rec.hash
+        self._prev_seq = rec.seq
+        self._last = rec
+        return True
+
+    def finish(self, head: tuple[int, str] | None) -> ChainProblem | None:
+        """Compare the end of the chain with its stored head ``(last seq, last hash)``."""
+        if self.problem is not None or head is None:
+            return self.problem
+        head_seq, head_hash = head
+        c = self.chain
+        last_seq = self._last.seq if self._last else 0
+        last_hash = self._last.hash if self._last else GENESIS_HASH
+        if head_seq > last_seq:
+            self._fail(
+                head_seq,
+                "removed",
+                f"record {head_seq} was removed from the end of chain {c} "
+                f"(with any records of the chain after {last_seq})",
+            )
+        elif head_seq < last_seq:
+            first = self._first_past_head if self._first_past_head is not None else last_seq
+            self._fail(first, "inserted", f"records from {first} on were appended past the head of chain {c}")
+        elif head_hash != last_hash:
+            self._fail(last_seq, "head", f"record {last_seq} does not match the stored head of chain {c}")
+        return self.problem
+
+
 def verify_chain(
     records: Iterable[ChainRecord], head: tuple[int, str] | None = None
 ) -> tuple[int, ChainProblem | None]:
-    """Walk records in sequence order; return (records checked, first problem or None).
+    """Walk one chain's records in sequence order; return (records checked, first problem or None).
 
     ``head`` is the stored (last seq, last hash); a mismatch there means records were removed
     from, or appended past, the end of the chain.
     """
-    expected_prev = GENESIS_HASH
-    expected_seq = 1
-    seen: dict[str, int] = {GENESIS_HASH: 0}
+    walker: ChainWalker | None = None
+    for rec in records:
+        if walker is None:
+            walker = ChainWalker(rec.chain)
+            if head is not None:
+                walker.expect_head(head[0])
+        if not walker.feed(rec):
+            break
+    if walker is None:
+        walker = ChainWalker()
+    return walker.count, walker.finish(head)
+
+
+def verify_chains(
+    records: Iterable[ChainRecord], heads: dict[int, tuple[int, str]], *, expected_chains: int = 1
+) -> tuple[int, ChainProblem | None]:
+    """Walk every chain at once over ``records`` in global ``seq`` order (one pass).
+
+    ``heads`` maps each chain to its stored (last seq, last hash); chains 1..``expected_chains``
+    (and up to the highest head) must all have a head. Returns (records checked, the problem with
+    the lowest ``seq`` over all chains, or None).
+    """
+    n = max([expected_chains, *heads])
+    walkers = {c: ChainWalker(c) for c in range(1, n + 1)}
+    for c, (head_seq, _h) in heads.items():
+        walkers[c].expect_head(head_seq)
+    problems: list[ChainProblem] = []
     count = 0
-    last: ChainRecord | None = None
+    orphan: ChainRecord | None = None
     for rec in records:
         count += 1
-        if content_hash(rec.prev_hash, rec.at, rec) != rec.hash:
-            return count, ChainProblem(
-                rec.seq, "changed", f"record {rec.seq} was changed: its content no longer matches its hash"
-            )
-        if rec.prev_hash != expected_prev:
-            if rec.prev_hash in seen:
-                first_inserted = seen[rec.prev_hash] + 1
-                return count, ChainProblem(
-                    first_inserted,
-                    "inserted",
-                    f"record {first_inserted} was inserted: record {rec.seq} links to record "
-                    f"{seen[rec.prev_hash]}, not to the record before it",
+        w = walkers.get(rec.chain)
+        if w is None:
+            orphan = orphan or rec
+            continue
+        w.feed(rec)
+    for c in sorted(walkers):
+        if c not in heads:
+            problems.append(
+                ChainProblem(
+                    walkers[c].last_seq,
+                    "head",
+                    f"the head of chain {c} is missing (removed?)",
+                    c,
                 )
-            if rec.seq > expected_seq:
-                return count, ChainProblem(
-                    expected_seq,
-                    "removed",
-                    f"record {expected_seq} was removed: record {rec.seq} links to a record that is gone",
-                )
-            return count, ChainProblem(
-                rec.seq, "removed", f"the record before {rec.seq} was removed or replaced (broken link)"
             )
-        if rec.seq != expected_seq and rec.seq > expected_seq:
-            return count, ChainProblem(
-                expected_seq, "removed", f"records {expected_seq}..{rec.seq - 1} are missing"
+            continue
+        p = walkers[c].finish(heads[c])
+        if p is not None:
+            problems.append(p)
+    if orphan is not None:
+        problems.append(
+            ChainProblem(
+                orphan.seq,
+                "inserted",
+                f"record {orphan.seq} was inserted: it belongs to chain {orphan.chain}, which has no head",
+                orphan.chain,
             )
-        seen[rec.hash] = rec.seq
-        expected_prev = rec.hash
-        expected_seq = rec.seq + 1
-        last = rec
-    if head is not None:
-        head_seq, head_hash = head
-        last_seq = last.seq if last else 0
-        last_hash = last.hash if last else GENESIS_HASH
-        if head_seq > last_seq:
-            return count, ChainProblem(
-                last_seq + 1, "removed", f"records {last_seq + 1}..{head_seq} were removed from the end"
-            )
-        if head_seq < last_seq:
-            return count, ChainProblem(
-                head_seq + 1, "inserted", f"records {head_seq + 1}..{last_seq} were appended past the head"
-            )
-        if head_hash != last_hash:
-            return count, ChainProblem(last_seq, "head", f"record {last_seq} does not match the stored head")
-    return count, None
+        )
+    if not problems:
+        return count, None
+    return count, min(problems, key=lambda p: (p.seq, p.chain))

@@ -82,20 +82,85 @@ def serve(
     host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="Port to listen on.")] = 8000,
     worker: Annotated[
-        bool, typer.Option("--worker/--no-worker", help="Run a job worker in the server process.")
+        bool,
+        typer.Option(
+            "--worker/--no-worker",
+            help="Run the job worker (once: in the server process, or with --workers N in the supervisor).",
+        ),
+    ] = True,
+    workers: Annotated[
+        int,
+        typer.Option(
+            "--workers",
+            min=1,
+            help="Server processes (uvicorn workers). Each has its own pixel caches; "
+            "the job worker still runs once.",
+        ),
+    ] = 1,
+    access_log: Annotated[
+        bool, typer.Option("--access-log/--no-access-log", help="Log every request (uvicorn's access log).")
     ] = True,
 ) -> None:
     """Run the web server (API under /api/v1, the browser app at /)."""
     import uvicorn
 
     from medlabel.api.app import create_app
+    from medlabel.api.deps import warm_up
 
-    rt = _runtime()
-    typer.echo(f"medlabel {__version__} serving http://{host}:{port}/ (data in {rt.settings.home})")
+    rt = _runtime()  # creates the data directory and migrates the database, once
+    typer.echo(
+        f"medlabel {__version__} serving http://{host}:{port}/ (data in {rt.settings.home}"
+        f"{f', {workers} server processes' if workers > 1 else ''})"
+    )
     try:
-        uvicorn.run(create_app(rt, run_worker=worker), host=host, port=port, log_level="info")
+        if workers == 1:
+            app = create_app(rt, run_worker=worker)
+            warm_up(rt)
+            uvicorn.run(
+                app,
+                host=host,
+                port=port,
+                log_level="info",
+                access_log=access_log,
+            )
+            return
+        # Several processes: uvicorn spawns them, each building its own runtime from the same
+        # environment (_server_app). The job worker must run exactly once: here, in the
+        # supervising process, which serves no requests.
+        if worker:
+            rt.start_worker()
+        else:
+            rt.engine.dispose()
+        uvicorn.run(
+            "medlabel.cli.main:_server_app",
+            factory=True,
+            workers=workers,
+            host=host,
+            port=port,
+            log_level="info",
+            access_log=access_log,
+            # a child still importing on a busy machine must not be killed as hung (uvicorn's
+            # default, 5 s, restarted children over and over under load)
+            timeout_worker_healthcheck=60,
+        )
     finally:
         rt.close()
+
+
+def _server_app() -> object:
+    """The app of one server process under ``serve --workers N`` (N > 1): settings from the
+    environment, no migration (the supervisor ran it), no job worker (the supervisor runs it)."""
+    from medlabel.api.app import create_app
+    from medlabel.api.deps import warm_up
+
+    try:
+        rt = create_runtime(load_settings(), migrate=False)
+    except MedlabelError as exc:
+        typer.secho(f"error: {exc.message}", fg="red", err=True)
+        raise SystemExit(2) from None
+    app = create_app(rt, run_worker=False)
+    warm_up(rt)
+    return app
 
 
 @app.command()

@@ -5,7 +5,12 @@ standard) to every element at every depth, replaces the patient's identity with 
 the caller's :class:`PseudonymStore`, replaces UIDs deterministically (``uids.remap_uid``), removes
 private attributes (unless on the safe list), records what it did in the header (PS3.15 E.1.1,
 PS3.3 C.12.1.1.1) and decides whether the image must be quarantined for burned-in text
-(``quarantine``). The input dataset is never modified.
+(``quarantine``). The input dataset is never modified, unless the caller asks for ``in_place``
+(the import does: the original is never stored, so copying it first would be wasted work).
+
+Elements the profile keeps unchanged (action ``K`` outside sequences, and attributes the table does
+not name that need no UID replacement or text dummy) are left as pydicom read them: not decoded,
+and written back byte for byte. Every element the engine changes or removes is decoded first.
 """
 
 from __future__ import annotations
@@ -19,7 +24,8 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from pydicom.dataelem import DataElement
+from pydicom.datadict import dictionary_VR
+from pydicom.dataelem import DataElement, RawDataElement
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.multival import MultiValue
 from pydicom.sequence import Sequence
@@ -188,26 +194,90 @@ def _tag_str(tag: BaseTag) -> str:
     return f"({tag.group:04X},{tag.element:04X})"
 
 
+_DECODE_ERRORS = (ValueError, TypeError, KeyError, OverflowError, UnicodeDecodeError)
+_PATIENT_TAGS = frozenset({_PATIENT_ID, _PATIENT_NAME})
+_ROWS: dict[int, ProfileRow | None] = {}
+#: resolved actions per (options, compound policy), then per row
+_ACTIONS: dict[tuple[frozenset[Option], str], dict[str, tuple[str, Option | None]]] = {}
+_ROWS_MAX = 1 << 16
+
+
+def _row(tag: int) -> ProfileRow | None:
+    """``lookup`` memoised per tag (the masked rows are matched one by one otherwise)."""
+    try:
+        return _ROWS[tag]
+    except KeyError:
+        row = lookup(tag)
+        if len(_ROWS) < _ROWS_MAX:
+            _ROWS[tag] = row
+        return row
+
+
+def _plain_vr(ds: Dataset, tag: BaseTag) -> str | None:
+    """The VR of ``ds[tag]`` without decoding its value, or ``None`` when only decoding tells.
+
+    Raw elements of explicit-VR data sets carry their VR; implicit-VR ones take the dictionary's
+    unless it is ambiguous (``US or SS`` …). ``UN`` is decoded: pydicom may know the real VR.
+    """
+    elem = ds.get_item(tag)
+    if elem is None:
+        return None
+    vr = elem.VR
+    if isinstance(elem, RawDataElement) and vr is None:
+        try:
+            vr = dictionary_VR(tag)
+        except KeyError:
+            return None
+    if not vr or vr == "UN" or " " in vr:
+        return None
+    return str(vr)
+
+
 class _Cleaner:
     """Walks a dataset applying Table E.1-1 under one configuration."""
 
     def __init__(self, run: _Run) -> None:
         self.run = run
         self.cfg = run.config
+        self._actions = _ACTIONS.setdefault((self.cfg.options, str(self.cfg.compound_policy)), {})
 
     def action(self, row: ProfileRow) -> tuple[str, Option | None]:
-        return resolve_action(row, self.cfg.options, self.cfg.compound_policy)
+        found = self._actions.get(row.tag)
+        if found is None:
+            found = self._actions[row.tag] = resolve_action(row, self.cfg.options, self.cfg.compound_policy)
+        return found
+
+    def _untouched(self, tag: BaseTag, vr: str | None, dummy_text: bool) -> bool:
+        """Whether the walk leaves this element's value alone (kept, or removed outright), so it
+        need not be decoded. ``vr`` is from :func:`_plain_vr`."""
+        if vr is None or vr == "SQ" or tag in _PATIENT_TAGS:
+            return False
+        row = _row(tag)
+        if row is None:
+            if vr == "UI":
+                return not self.cfg.remap_unlisted_uids or self.cfg.has(Option.RETAIN_UIDS)
+            return not (dummy_text and vr in _FREE_TEXT_VRS)
+        return self.action(row)[0] in ("K", "X")
 
     # --- identifiers for the Clean options ------------------------------------------------
     def collect_identifiers(self, ds: Dataset, found: set[str]) -> None:
-        for elem in ds:
-            if elem.tag.is_private:
+        for tag in list(ds.keys()):
+            if tag.is_private:
                 continue
+            vr = _plain_vr(ds, tag)
+            if vr is not None and vr != "SQ":
+                row = _row(tag)
+                if row is None or vr not in _IDENTIFIER_VRS or self.action(row)[0] in ("K", "C"):
+                    continue  # not an identifier: no need to decode it
+            try:
+                elem = ds[tag]
+            except _DECODE_ERRORS:
+                continue  # the walk removes it with a warning
             if elem.VR == "SQ":
                 for item in elem.value or []:
                     self.collect_identifiers(item, found)
                 continue
-            row = lookup(elem.tag)
+            row = _row(tag)
             if row is None or elem.VR not in _IDENTIFIER_VRS or self.action(row)[0] in ("K", "C"):
                 continue
             for v in _values(elem):
@@ -228,21 +298,35 @@ class _Cleaner:
             tag = Tag(tag)
             if tag.is_private:
                 continue
-            try:
-                elem = ds[tag]
-            except (ValueError, TypeError, KeyError, OverflowError, UnicodeDecodeError) as exc:
-                del ds[tag]
-                self.run.counts["X"] += 1
-                self.run.warn(f"{_tag_str(tag)} could not be decoded ({exc}); removed")
-                continue
             if tag.element == 0:
                 del ds[tag]
                 self.run.counts["group-length"] += 1
                 continue
-            if tag in (_PATIENT_ID, _PATIENT_NAME):
+            vr = _plain_vr(ds, tag)
+            if self._untouched(tag, vr, dummy_text):
+                assert vr is not None
+                row = _row(tag)
+                if row is None:
+                    continue  # unlisted, nothing to replace: kept as read
+                code = self.action(row)[0]
+                self.run.counts[code] += 1
+                if code == "X":
+                    if "x" in row.tag and row.tag.endswith("3000") and (tag.group >> 8) == 0x60:
+                        removed_overlays.add(tag.group)
+                    del ds[tag]
+                    self._note_date(vr)
+                continue
+            try:
+                elem = ds[tag]
+            except _DECODE_ERRORS as exc:
+                del ds[tag]
+                self.run.counts["X"] += 1
+                self.run.warn(f"{_tag_str(tag)} could not be decoded ({exc}); removed")
+                continue
+            if tag in _PATIENT_TAGS:
                 self._patient(ds, elem, top)
                 continue
-            row = lookup(tag)
+            row = _row(tag)
             if row is None:
                 self._unlisted(elem, dummy_text)
                 continue
@@ -424,8 +508,11 @@ def _method(config: DeidConfig) -> tuple[list[str], list[Dataset]]:
     return names, items
 
 
-def deidentify_dataset(ds: Dataset, config: DeidConfig, ctx: DeidContext) -> DeidResult:
-    """De-identify a copy of ``ds`` per PS3.15 Annex E under ``config``.
+def deidentify_dataset(
+    ds: Dataset, config: DeidConfig, ctx: DeidContext, *, in_place: bool = False
+) -> DeidResult:
+    """De-identify a copy of ``ds`` per PS3.15 Annex E under ``config``; with ``in_place``,
+    ``ds`` itself is de-identified and returned (no copy: for callers that discard the original).
 
     The patient's pseudonym comes from ``ctx.pseudonyms`` keyed by the original Patient ID
     (0010,0020) and Issuer of Patient ID (0010,0021); a dataset without Patient ID is keyed by
@@ -461,7 +548,7 @@ def deidentify_dataset(ds: Dataset, config: DeidConfig, ctx: DeidContext) -> Dei
         assert ctx.date_offsets is not None
         run.offset = ctx.date_offsets.get_or_create(run.pseudonym)
 
-    out = copy.deepcopy(ds)
+    out = ds if in_place else copy.deepcopy(ds)
     cleaner = _Cleaner(run)
     if config.has(Option.CLEAN_DESCRIPTORS) or config.has(Option.RETAIN_PATIENT_CHARACTERISTICS):
         found: set[str] = {pid} if len(pid) >= 3 and not pid.startswith("NAME:") else set()

@@ -3,6 +3,11 @@
 The service ring implements these over database tables (the pseudonym map and the per-patient
 date offsets must survive restarts and be shared by every import of a project); the in-memory
 versions serve the tests and the ``medlabel deid IN OUT`` folder tool.
+
+For de-identifying in several processes, the parent wraps its stores in ``Recording*`` stores
+and hands what they answered to the workers as ``Mapped*`` stores: read-only maps that raise
+:class:`UnknownPatient` for a patient the parent has not resolved yet (the parent then does that
+file itself), so every pseudonym and offset still comes from the one real store.
 """
 
 from __future__ import annotations
@@ -11,6 +16,7 @@ import hashlib
 import hmac
 import secrets
 import threading
+from collections.abc import Mapping
 from typing import Protocol, runtime_checkable
 
 from medlabel.errors import ConfigurationError
@@ -20,6 +26,11 @@ __all__ = [
     "DateOffsetStore",
     "InMemoryPseudonymStore",
     "InMemoryDateOffsetStore",
+    "MappedPseudonymStore",
+    "MappedDateOffsetStore",
+    "RecordingPseudonymStore",
+    "RecordingDateOffsetStore",
+    "UnknownPatient",
     "derive_offset_days",
 ]
 
@@ -117,3 +128,59 @@ class InMemoryDateOffsetStore:
 
     def items(self) -> list[tuple[str, int]]:
         return list(self._map.items())
+
+
+class UnknownPatient(LookupError):
+    """A ``Mapped*`` store was asked for a patient it was not given."""
+
+
+class MappedPseudonymStore:
+    """Read-only pseudonyms resolved elsewhere: ``(Patient ID, Issuer) → pseudonym``."""
+
+    def __init__(self, known: Mapping[tuple[str, str], str]) -> None:
+        self._known = dict(known)
+
+    def get_or_create(self, original_patient_id: str, issuer: str) -> str:
+        try:
+            return self._known[(original_patient_id, issuer)]
+        except KeyError:
+            raise UnknownPatient("patient not resolved by the parent store") from None
+
+
+class MappedDateOffsetStore:
+    """Read-only date offsets resolved elsewhere: ``pseudonym → days``."""
+
+    def __init__(self, known: Mapping[str, int]) -> None:
+        self._known = dict(known)
+
+    def get_or_create(self, pseudonym: str) -> int:
+        try:
+            return self._known[pseudonym]
+        except KeyError:
+            raise UnknownPatient("date offset not resolved by the parent store") from None
+
+
+class RecordingPseudonymStore:
+    """Passes through to ``inner`` and remembers every answer in ``known``."""
+
+    def __init__(self, inner: PseudonymStore) -> None:
+        self._inner = inner
+        self.known: dict[tuple[str, str], str] = {}
+
+    def get_or_create(self, original_patient_id: str, issuer: str) -> str:
+        found = self._inner.get_or_create(original_patient_id, issuer)
+        self.known[(original_patient_id, issuer)] = found
+        return found
+
+
+class RecordingDateOffsetStore:
+    """Passes through to ``inner`` and remembers every answer in ``known``."""
+
+    def __init__(self, inner: DateOffsetStore) -> None:
+        self._inner = inner
+        self.known: dict[str, int] = {}
+
+    def get_or_create(self, pseudonym: str) -> int:
+        found = self._inner.get_or_create(pseudonym)
+        self.known[pseudonym] = found
+        return found

@@ -3,7 +3,8 @@
 Checks, in order: DICOM (``DICM`` at byte 128, PS3.10 7.1; DICOMDIR when the Media Storage SOP
 Class is 1.2.840.10008.1.3.10), gzip (looked into for NIfTI), NIfTI-1 (sizeof_hdr 348 and magic
 ``n+1``/``ni1`` at byte 344), NIfTI-2 (540 and ``n+2``/``ni2`` at byte 4), NRRD, PNG, JPEG, TIFF
-(a *wsi-tiff* when it is tiled and pyramidal, or an Aperio SVS), ZIP. DICOM without the preamble
+(a *wsi-tiff* when it is tiled and pyramidal, or an Aperio SVS), ZIP, MetaImage (a text header
+whose first line is a MetaIO ``Key = value`` and which has ``NDims``). DICOM without the preamble
 is recognised heuristically (a first group 0002 or 0008 element with a valid explicit VR).
 """
 
@@ -77,6 +78,7 @@ class FileKind(StrEnum):
     WSI_TIFF = "wsi-tiff"
     ZIP = "zip"
     GZIP = "gzip"
+    METAIMAGE = "metaimage"
     UNKNOWN = "unknown"
 
 
@@ -90,6 +92,16 @@ def _is_nifti(head: bytes) -> bool:
             if int.from_bytes(head[:4], order) == 540 and head[4:8] in (b"n+2\x00", b"ni2\x00"):
                 return True
     return False
+
+
+_METAIO_FIRST = (b"ObjectType", b"NDims", b"ObjectSubType", b"Comment", b"Name", b"TransformType")
+
+
+def _is_metaimage(head: bytes) -> bool:
+    """A MetaIO header (``.mha``/``.mhd``): ``Key = value`` text lines, ``NDims`` among them."""
+    first = head.lstrip(b"\r\n").split(b"\n", 1)[0]
+    key, sep, _ = first.partition(b"=")
+    return bool(sep) and key.strip() in _METAIO_FIRST and b"NDims" in head
 
 
 def _media_sop_class(meta: bytes) -> bytes:
@@ -136,6 +148,8 @@ def sniff_bytes(head: bytes, *, tiff_reader: BinaryIO | str | None = None) -> Fi
         return FileKind.ZIP
     if _dicom_without_preamble(head):
         return FileKind.DICOM
+    if _is_metaimage(head):
+        return FileKind.METAIMAGE
     return FileKind.UNKNOWN
 
 
@@ -181,6 +195,7 @@ def read_image(src: str | os.PathLike[str] | bytes, *, limits: Limits = DEFAULT_
     hint = {
         FileKind.NIFTI: "read_nifti",
         FileKind.NRRD: "read_itk",
+        FileKind.METAIMAGE: "read_itk",
         FileKind.WSI_TIFF: "open_slide",
         FileKind.DICOMDIR: "read_dicomdir",
     }.get(kind, "")

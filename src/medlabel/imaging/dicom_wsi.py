@@ -27,7 +27,7 @@ from pydicom.dataset import Dataset
 from medlabel.errors import DicomError, InvalidInput, MedlabelError, UnsupportedMedia
 from medlabel.imaging.dicom import SUPPORTED_TRANSFER_SYNTAXES, open_dataset
 from medlabel.imaging.limits import DEFAULT_LIMITS, Limits, check_region
-from medlabel.imaging.wsi import SlideInfo, SlideLevel
+from medlabel.imaging.wsi import SlideInfo, SlideLevel, slide_thumbnail
 
 __all__ = ["WSI_SOP_CLASS", "DicomSlide", "open_dicom_slide"]
 
@@ -189,6 +189,10 @@ class DicomSlide:
             if lvl.downsample <= downsample * (1 + 1e-6) and lvl.downsample >= self.levels[best].downsample:
                 best = lvl.index
         return best
+
+    def thumbnail(self, max_size: int = 512) -> npt.NDArray[np.generic]:
+        """The whole slide scaled to fit ``max_size`` (as :meth:`Slide.thumbnail <.wsi.Slide.thumbnail>`)."""
+        return slide_thumbnail(self, max_size)
 
     def _tile(self, lv: _LevelFile, frame: int) -> npt.NDArray[np.generic]:
         try:

@@ -8,8 +8,11 @@ C.11.2.1.2) -> Presentation LUT (MONOCHROME1 is inverted, PS3.3 C.7.6.3.1.2).
 from __future__ import annotations
 
 import io
-from collections.abc import Mapping
-from dataclasses import dataclass
+import struct
+import zlib
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, replace
+from types import ModuleType
 from typing import Literal
 
 import numpy as np
@@ -29,6 +32,8 @@ __all__ = [
     "render_frame",
     "to_uint8",
     "encode",
+    "encode_png",
+    "map_by_table",
     "RawExport",
     "raw_export",
 ]
@@ -62,26 +67,73 @@ def apply_window(
                   else ((x - (c - 0.5)) / (w - 1) + 0.5) * 255
     LINEAR_EXACT: x <= c - w/2 -> 0; x > c + w/2 -> 255; else ((x - c) / w + 0.5) * 255
     SIGMOID:      255 / (1 + exp(-4 (x - c) / w))
+
+    Integer input is mapped through a lookup table built with the same float64 maths over the
+    values' range (one evaluation per distinct value), so the output is identical.
     """
+    fn = window.function.upper()
+    if fn == "LINEAR" and float(window.width) < 1:
+        raise InvalidInput(
+            f"LINEAR window width must be >= 1, got {float(window.width)} (PS3.3 C.11.2.1.2.1)"
+        )
+    if fn not in ("LINEAR", "LINEAR_EXACT", "SIGMOID"):
+        raise InvalidInput(f"(0028,1056) VOI LUT Function {window.function!r} unknown")
+    by_table = map_by_table(values, lambda v: _window_float(v, window, invert))
+    return by_table if by_table is not None else _window_float(values, window, invert)
+
+
+def _window_float(values: npt.NDArray[np.generic], window: Window, invert: bool) -> npt.NDArray[np.uint8]:
+    """The VOI window in float64, element by element (see :func:`apply_window`)."""
     x = np.asarray(values, dtype=np.float64)
     c, w = float(window.center), float(window.width)
     fn = window.function.upper()
     if fn == "LINEAR":
-        if w < 1:
-            raise InvalidInput(f"LINEAR window width must be >= 1, got {w} (PS3.3 C.11.2.1.2.1)")
         lo = c - 0.5 - (w - 1) / 2
         hi = c - 0.5 + (w - 1) / 2
         y = np.where(x <= lo, 0.0, np.where(x > hi, 1.0, (x - (c - 0.5)) / max(w - 1, 1e-12) + 0.5))
     elif fn == "LINEAR_EXACT":
         y = np.where(x <= c - w / 2, 0.0, np.where(x > c + w / 2, 1.0, (x - c) / w + 0.5))
-    elif fn == "SIGMOID":
+    else:  # SIGMOID
         y = 1.0 / (1.0 + np.exp(np.clip(-4.0 * (x - c) / w, -700.0, 700.0)))
-    else:
-        raise InvalidInput(f"(0028,1056) VOI LUT Function {window.function!r} unknown")
     y = np.clip(y, 0.0, 1.0)
     if invert:
         y = 1.0 - y
     return np.round(y * 255.0).astype(np.uint8)
+
+
+_TABLE_MIN_VALUES = 4096
+"""Below this many values the direct maths costs no more than building a table."""
+_TABLE_MAX_SPAN = 1 << 20
+
+
+def map_by_table(
+    values: npt.NDArray[np.generic], fn: Callable[[npt.NDArray[np.generic]], npt.NDArray[np.uint8]]
+) -> npt.NDArray[np.uint8] | None:
+    """``fn(values)`` for an element-wise ``fn`` over an integer array, evaluated once per value of
+    the range ``min..max`` (a lookup table of the same dtype) and gathered with ``np.take``.
+
+    Identical to calling ``fn`` on the array. None when a table does not pay: not an integer
+    dtype, fewer than 4096 values, or a range wider than the array (or than 2**20).
+    """
+    v = np.asarray(values)
+    if v.dtype.kind not in "iu" or v.size < _TABLE_MIN_VALUES or v.dtype.itemsize > 4:
+        return None
+    lo, hi = int(v.min()), int(v.max())
+    span = hi - lo + 1
+    if span > min(v.size, _TABLE_MAX_SPAN):
+        return None
+    if not v.dtype.isnative:
+        v = v.astype(v.dtype.newbyteorder("="))
+    domain = (np.arange(span, dtype=np.int64) + lo).astype(v.dtype)
+    table = np.asarray(fn(domain))
+    if table.shape != (span,):
+        return None
+    # Offsets from ``lo`` in the unsigned type of the same width: the wrap-around of the
+    # subtraction gives the exact offset (0 .. span-1) for signed values too.
+    unsigned = v.view(np.dtype(f"u{v.dtype.itemsize}"))
+    lo_u = np.array(lo, dtype=np.int64).astype(unsigned.dtype)
+    offsets = unsigned if lo == 0 else np.subtract(unsigned, lo_u, dtype=unsigned.dtype)
+    return np.take(table, offsets)  # type: ignore[no-any-return]
 
 
 def auto_window(
@@ -133,18 +185,28 @@ def to_uint8(pixels: npt.NDArray[np.generic], bits_stored: int | None = None) ->
         return np.round(np.nan_to_num(scaled)).astype(np.uint8)
     bits = bits_stored or pixels.dtype.itemsize * 8
     maxval = float(2**bits - 1)
-    return np.round(np.clip(pixels.astype(np.float64), 0, maxval) / maxval * 255.0).astype(np.uint8)
+
+    def scale(v: npt.NDArray[np.generic]) -> npt.NDArray[np.uint8]:
+        return np.round(np.clip(v.astype(np.float64), 0, maxval) / maxval * 255.0).astype(np.uint8)
+
+    by_table = map_by_table(pixels, scale)
+    return by_table if by_table is not None else scale(pixels)
 
 
 def apply_lut(
     values: npt.NDArray[np.generic], lut: LookupTable, *, invert: bool = False
 ) -> npt.NDArray[np.uint8]:
     """A VOI LUT (PS3.3 C.11.2.1.1) to 0..255: entries are scaled from 0 .. 2**bits - 1."""
-    out = lut.apply(values).astype(np.float64) / float(2**lut.bits - 1)
-    out = np.clip(out, 0.0, 1.0)
-    if invert:
-        out = 1.0 - out
-    return np.round(out * 255.0).astype(np.uint8)
+
+    def scale(v: npt.NDArray[np.generic]) -> npt.NDArray[np.uint8]:
+        out = lut.apply(v).astype(np.float64) / float(2**lut.bits - 1)
+        out = np.clip(out, 0.0, 1.0)
+        if invert:
+            out = 1.0 - out
+        return np.round(out * 255.0).astype(np.uint8)
+
+    by_table = map_by_table(values, scale)
+    return by_table if by_table is not None else scale(values)
 
 
 def render_frame(
@@ -160,11 +222,29 @@ def render_frame(
     if image.info.is_color:
         return to_uint8(image.frame(frame), image.info.bits_stored)
     invert = image.info.photometric is Photometric.MONOCHROME1
-    values = image.modality_pixels(frame)
+    voi: Callable[[npt.NDArray[np.generic]], npt.NDArray[np.uint8]]
     if window is None and image.info.voi_luts:
-        return apply_lut(values, image.info.voi_luts[0], invert=invert)
-    w = resolve_window(image, window, frame=frame)
-    return apply_window(values, w, invert=invert)
+        lut = image.info.voi_luts[0]
+
+        def voi(v: npt.NDArray[np.generic]) -> npt.NDArray[np.uint8]:
+            return apply_lut(v, lut, invert=invert)
+
+    else:
+        w = resolve_window(image, window, frame=frame)
+
+        def voi(v: npt.NDArray[np.generic]) -> npt.NDArray[np.uint8]:
+            return apply_window(v, w, invert=invert)
+
+    # Stored integers: the whole pipeline (Modality LUT or rescale, then VOI) once per stored
+    # value, as a table; the same maths element by element, so the same output.
+    by_table = map_by_table(image.frame(frame), lambda d: voi(_modality_values(image, d)))
+    return by_table if by_table is not None else voi(image.modality_pixels(frame))
+
+
+def _modality_values(image: Image, stored: npt.NDArray[np.generic]) -> npt.NDArray[np.generic]:
+    """``image.modality_pixels`` of a 1-D array of stored values (same dtype, same maths)."""
+    info = replace(image.info, frames=1, rows=1, columns=int(stored.size))
+    return Image(info, stored.reshape(1, 1, -1)).modality_pixels(0).reshape(-1)
 
 
 def encode(
@@ -192,14 +272,67 @@ def encode(
         scale = size / max(w, h)
         if scale < 1:
             im = im.resize((max(1, round(w * scale)), max(1, round(h * scale))), PILImage.Resampling.LANCZOS)
-    buf = io.BytesIO()
     if fmt_l == "png":
-        im.save(buf, "PNG", optimize=False, compress_level=6)
-    elif fmt_l in ("jpeg", "jpg"):
+        return encode_png(np.asarray(im))
+    buf = io.BytesIO()
+    if fmt_l in ("jpeg", "jpg"):
         im.save(buf, "JPEG", quality=quality)
     else:
         im.save(buf, "WEBP", quality=quality)
     return buf.getvalue()
+
+
+def _load_isal() -> ModuleType | None:
+    """ISA-L deflate (``isal``): the same zlib format, several times faster at level 1."""
+    try:
+        from isal import isal_zlib
+    except ImportError:  # pragma: no cover - isal is a dependency; zlib is the fallback
+        return None
+    return isal_zlib
+
+
+_isal = _load_isal()
+
+
+def _deflate(data: memoryview, *, rle: bool) -> bytes:
+    """A zlib stream of ``data`` at speed: ISA-L level 1 when ``isal`` is installed (about 4x
+    faster than zlib at a similar size), else zlib level 1 (run-length strategy for gray)."""
+    if _isal is not None:
+        return bytes(_isal.compress(data, 1))
+    z = zlib.compressobj(1, zlib.DEFLATED, 15, 9, zlib.Z_RLE if rle else zlib.Z_DEFAULT_STRATEGY)
+    return z.compress(data) + z.flush()
+
+
+def _png_chunk(tag: bytes, data: bytes) -> bytes:
+    return struct.pack(">I", len(data)) + tag + data + struct.pack(">I", zlib.crc32(data, zlib.crc32(tag)))
+
+
+def encode_png(pixels: npt.NDArray[np.uint8]) -> bytes:
+    """8-bit gray ``(rows, cols)`` or RGB ``(rows, cols, 3)`` as PNG, for speed over size.
+
+    Every row uses the PNG "Up" filter (the difference from the row above, one vectorised
+    subtraction), then deflate at level 1 (ISA-L when available, else zlib with the run-length
+    strategy for gray): medical images come out about the size of Pillow's level 6 in a tenth
+    of the time.
+    """
+    if pixels.dtype != np.uint8 or pixels.ndim not in (2, 3) or (pixels.ndim == 3 and pixels.shape[2] != 3):
+        raise InvalidInput(f"encode_png expects uint8 (rows, cols) or (rows, cols, 3), got {pixels.shape}")
+    rows, cols = int(pixels.shape[0]), int(pixels.shape[1])
+    channels = 1 if pixels.ndim == 2 else 3
+    lines = np.ascontiguousarray(pixels).reshape(rows, cols * channels)
+    raw = np.empty((rows, cols * channels + 1), dtype=np.uint8)
+    raw[:, 0] = 2  # filter type Up (PNG spec 9.2); the row above the first one is zeros
+    if rows:
+        raw[0, 1:] = lines[0]
+        np.subtract(lines[1:], lines[:-1], out=raw[1:, 1:])  # modulo 256, as the filter is defined
+    idat = _deflate(raw.data, rle=channels == 1)
+    header = struct.pack(">IIBBBBB", cols, rows, 8, 0 if channels == 1 else 2, 0, 0, 0)
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + _png_chunk(b"IHDR", header)
+        + _png_chunk(b"IDAT", idat)
+        + _png_chunk(b"IEND", b"")
+    )
 
 
 @dataclass(frozen=True, slots=True)

@@ -20,6 +20,7 @@ import re
 import threading
 from dataclasses import dataclass
 from types import TracebackType
+from typing import Protocol
 
 import numpy as np
 import numpy.typing as npt
@@ -29,7 +30,7 @@ from medlabel.errors import InvalidInput, TooLarge, UnsupportedMedia
 from medlabel.imaging.limits import DEFAULT_LIMITS, Limits, check_region
 from medlabel.imaging.raster import tiff_spacing_mm
 
-__all__ = ["SlideLevel", "SlideInfo", "Slide", "open_slide"]
+__all__ = ["SlideLevel", "SlideInfo", "Slide", "open_slide", "slide_thumbnail"]
 
 _MPP_RE = re.compile(r"\bMPP\s*=\s*([0-9.eE+-]+)")
 
@@ -251,25 +252,43 @@ class Slide:
 
     def thumbnail(self, max_size: int = 512) -> npt.NDArray[np.generic]:
         """The whole slide scaled to fit ``max_size``, read from the coarsest sufficient level."""
-        from PIL import Image as PILImage
+        return slide_thumbnail(self, max_size)
 
-        scale = max(self.info.width, self.info.height) / max_size
-        lvl = self.levels[self.best_level_for_downsample(max(scale, 1.0))]
-        # pick the coarsest level still at least max_size on its longest side
-        for cand in self.levels:
-            if max(cand.width, cand.height) >= max_size and cand.downsample > lvl.downsample:
-                lvl = cand
-        if lvl.width * lvl.height > self.limits.max_region_pixels:
-            raise TooLarge(
-                f"no pyramid level small enough for a thumbnail: coarsest usable is {lvl.width}x{lvl.height}"
-            )
-        region = self.read_region(lvl.index, 0, 0, lvl.width, lvl.height)
-        tw = max(1, round(self.info.width / scale)) if scale > 1 else lvl.width
-        th = max(1, round(self.info.height / scale)) if scale > 1 else lvl.height
-        if region.dtype != np.uint8:
-            return region
-        im = PILImage.fromarray(region)
-        return np.asarray(im.resize((tw, th), PILImage.Resampling.LANCZOS))
+
+class _Pyramid(Protocol):
+    info: SlideInfo
+    limits: Limits
+
+    @property
+    def levels(self) -> tuple[SlideLevel, ...]: ...
+
+    def best_level_for_downsample(self, downsample: float) -> int: ...
+
+    def read_region(self, level: int, x: int, y: int, width: int, height: int) -> npt.NDArray[np.generic]: ...
+
+
+def slide_thumbnail(slide: _Pyramid, max_size: int = 512) -> npt.NDArray[np.generic]:
+    """A pyramid (:class:`Slide` or ``DicomSlide``) scaled to fit ``max_size``, read from the
+    coarsest level still at least ``max_size`` on its longest side."""
+    from PIL import Image as PILImage
+
+    scale = max(slide.info.width, slide.info.height) / max_size
+    lvl = slide.levels[slide.best_level_for_downsample(max(scale, 1.0))]
+    # pick the coarsest level still at least max_size on its longest side
+    for cand in slide.levels:
+        if max(cand.width, cand.height) >= max_size and cand.downsample > lvl.downsample:
+            lvl = cand
+    if lvl.width * lvl.height > slide.limits.max_region_pixels:
+        raise TooLarge(
+            f"no pyramid level small enough for a thumbnail: coarsest usable is {lvl.width}x{lvl.height}"
+        )
+    region = slide.read_region(lvl.index, 0, 0, lvl.width, lvl.height)
+    tw = max(1, round(slide.info.width / scale)) if scale > 1 else lvl.width
+    th = max(1, round(slide.info.height / scale)) if scale > 1 else lvl.height
+    if region.dtype != np.uint8:
+        return region
+    im = PILImage.fromarray(region)
+    return np.asarray(im.resize((tw, th), PILImage.Resampling.LANCZOS))
 
 
 def _resolution_mpp(page: tifffile.TiffPage) -> tuple[float, float] | None:

@@ -1,4 +1,4 @@
-"""Background work of the items domain: the ``items.import`` job."""
+"""Background work of the items domain: the ``items.import`` and ``items.import_session`` jobs."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ from typing import Any
 
 from medlabel.accounts.service import Actor
 from medlabel.errors import InvalidInput
+from medlabel.items import upload_sessions
 from medlabel.items.ingest import run_import, uploads_root
 from medlabel.jobs.registry import JobContext, job_kind
 from medlabel.storage.db import session_scope
@@ -26,13 +27,7 @@ def import_files(ctx: JobContext) -> dict[str, Any]:
         project_id = job.project_id if job is not None else None
     if project_id is None:
         raise InvalidInput("import job without a project")
-    a = ctx.params.get("actor") or {}
-    actor = Actor(
-        user_id=a.get("user_id"),
-        username=str(a.get("username", "system")),
-        role=str(a.get("role", "user")),
-        ip=str(a.get("ip", "")),
-    )
+    actor = _actor(ctx.params)
     report = run_import(
         sessions=rt.sessions,
         blobs=rt.blobs,
@@ -43,13 +38,48 @@ def import_files(ctx: JobContext) -> dict[str, Any]:
         job_id=ctx.job_id,
         progress=ctx.progress,
     )
-    result = report.as_dict()
+    return _with_tasks(ctx, report.as_dict(), actor, project_id)
+
+
+def _actor(params: dict[str, Any]) -> Actor:
+    a = params.get("actor") or {}
+    return Actor(
+        user_id=a.get("user_id"),
+        username=str(a.get("username", "system")),
+        role=str(a.get("role", "user")),
+        ip=str(a.get("ip", "")),
+    )
+
+
+def _with_tasks(ctx: JobContext, result: dict[str, Any], actor: Actor, project_id: int) -> dict[str, Any]:
     # new ready items enter the workflow at once: annotate tasks (with overlap slots) are created
     from medlabel.labeling.task_service import sync_tasks
     from medlabel.storage.models import Project
 
-    with session_scope(rt.sessions) as s:
+    with session_scope(ctx.runtime.sessions) as s:
         project = s.get(Project, project_id)
         if project is not None:
             result["tasks_created"] = sync_tasks(s, actor, project)
     return result
+
+
+@job_kind(upload_sessions.COMMIT_JOB)
+def import_session(ctx: JobContext) -> dict[str, Any]:
+    """Store what an upload session prepared; the result is the import report."""
+    rt = ctx.runtime
+    with session_scope(rt.sessions) as s:
+        job = s.get(Job, ctx.job_id)
+        project_id = job.project_id if job is not None else None
+    if project_id is None:
+        raise InvalidInput("import job without a project")
+    actor = _actor(ctx.params)
+    report = upload_sessions.run_commit(
+        sessions=rt.sessions,
+        blobs=rt.blobs,
+        home=rt.settings.home,
+        actor=actor,
+        upload_id=str(ctx.params.get("upload_session", "")),
+        job_id=ctx.job_id,
+        progress=ctx.progress,
+    )
+    return _with_tasks(ctx, report.as_dict(), actor, project_id)

@@ -11,7 +11,7 @@ from sqlalchemy.orm import Mapped, mapped_column
 
 from medlabel.storage.db import Base, UTCDateTime
 
-__all__ = ["Item", "Study", "Instance", "QuarantineEntry", "PseudonymEntry", "DateOffsetEntry"]
+__all__ = ["Item", "Study", "Instance", "QuarantineEntry", "PseudonymEntry", "DateOffsetEntry", "UploadSession"]
 
 
 class Item(Base):
@@ -127,3 +127,23 @@ class DateOffsetEntry(Base):
     pseudonym: Mapped[str] = mapped_column(String(64))
     days: Mapped[int] = mapped_column(Integer)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+
+class UploadSession(Base):
+    """An upload session: files PUT one by one are prepared (de-identified) at once into its
+    staging folder, then committed as one import job. Belongs to its creator and project.
+
+    ``status``: ``open`` (takes files), ``committed`` (its job is queued or running), ``failed``
+    (the job failed; may be committed again), ``done``. ``expires_at`` moves forward with every
+    file; past it the session and its staging folder are removed.
+    """
+
+    __tablename__ = "upload_sessions"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    project_id: Mapped[int] = mapped_column(ForeignKey("projects.id", ondelete="CASCADE"), index=True)
+    created_by: Mapped[int | None] = mapped_column(ForeignKey("users.id"), nullable=True)
+    status: Mapped[str] = mapped_column(String(16), default="open")
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    expires_at: Mapped[datetime] = mapped_column(UTCDateTime, index=True)
+    job_id: Mapped[str | None] = mapped_column(String(32), nullable=True)

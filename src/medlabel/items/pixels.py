@@ -8,9 +8,11 @@
 * Pixel reads are audited as ``image.read``, **batched**: at most one record per (user, item) per
   ``AUDIT_BATCH_SECONDS`` (60 s) per server process; the record carries how many reads the
   previous window of that pair saw.
-* Rendering never holds a database transaction: routes commit the request's transaction (access
-  checked) before calling in here, and the few lookups made on a cache miss use their own short
-  sessions. On SQLite every transaction takes the write lock, so this keeps renders concurrent.
+* Rendering never holds a database transaction: pixel routes check access with read-only
+  sessions (``medlabel.storage.db.make_read_sessionmaker``: on SQLite no write turn), or from
+  the in-process caches alone, and the few lookups made on a cache miss use their own short
+  sessions. The item rows pixel requests need are cached for a couple of seconds like sessions
+  and memberships (``medlabel.storage.cache``); any change to an item in this process drops it.
 """
 
 from __future__ import annotations
@@ -28,13 +30,13 @@ from typing import Any
 
 import numpy as np
 import numpy.typing as npt
-from sqlalchemy import select
+from sqlalchemy import Engine, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from medlabel import clock
 from medlabel.accounts.service import Actor
 from medlabel.audit import service as audit
-from medlabel.audit.events import AuditAction
+from medlabel.audit.events import AuditAction, AuditEventData
 from medlabel.errors import InvalidInput, NotFound, Quarantined
 from medlabel.imaging import (
     DeepZoom,
@@ -49,6 +51,7 @@ from medlabel.imaging import (
     read_nifti,
     read_raster,
 )
+from medlabel.imaging.dicom_wsi import DicomSlide, open_dicom_slide
 from medlabel.imaging.dzi import render_tile
 from medlabel.imaging.mpr import plane_count
 from medlabel.imaging.render import (
@@ -64,6 +67,9 @@ from medlabel.imaging.series import SeriesStack, SliceHeader, load_volume
 from medlabel.items.models import Instance, Item
 from medlabel.security.rbac import Permission
 from medlabel.storage.blobs import BlobStore, LocalBlobStore
+from medlabel.storage.cache import ALL, RowCache
+from medlabel.storage.db import session_scope
+from medlabel.storage.models import Project
 
 __all__ = [
     "AUDIT_BATCH_SECONDS",
@@ -76,6 +82,14 @@ __all__ = [
     "dzi_descriptor",
     "dzi_tile",
     "note_read",
+    "read_event",
+    "record_read",
+    "media_type",
+    "cached_item",
+    "load_item",
+    "fetch_item",
+    "cached_body",
+    "warm_codecs",
     "cache_stats",
     "clear_caches",
 ]
@@ -167,6 +181,18 @@ _load_locks: dict[Any, threading.Lock] = {}
 _load_guard = threading.Lock()
 
 
+def warm_codecs() -> None:
+    """Load what the first render or tile would otherwise load on a user's time: the PNG/JPEG
+    writers, the lookup-table windowing and the JPEG decoder used for slide tiles."""
+    import imagecodecs
+
+    rgb = np.zeros((16, 16, 3), dtype=np.uint8)
+    encode(rgb, "jpeg")
+    encode(rgb, "webp")
+    encode(apply_window(np.zeros((64, 64), dtype=np.int16), Window(0.0, 10.0)), "png")
+    imagecodecs.jpeg8_decode(imagecodecs.jpeg8_encode(rgb))
+
+
 def cache_stats() -> dict[str, int]:
     return {
         "decoded_entries": len(_decoded),
@@ -183,11 +209,35 @@ def clear_caches() -> None:
     _decoded.clear()
     _encoded.clear()
     _slides.clear()
+    _items_cache.clear_all()
     with _audit_lock:
         _audit_windows.clear()
 
 
 # ---------------------------------------------------------------- access
+
+_items_cache = RowCache("items", {Item: lambda item: [item.id], Project: lambda _p: ALL})
+
+
+def cached_item(engine: Engine | None, item_id: int) -> Item | None:
+    """An item row from the in-process cache (no database), or None. The object is detached and
+    shared: read it, never change it."""
+    found: Item | None = _items_cache.get(engine, item_id)
+    return found
+
+
+def load_item(session: Session, item_id: int) -> Item | None:
+    """The item (cached, else read through ``session`` and cached when committed state)."""
+    found: Item | None = _items_cache.get_in(session, item_id)
+    return found if found is not None else fetch_item(session, item_id)
+
+
+def fetch_item(session: Session, item_id: int) -> Item | None:
+    """The item read through ``session`` (and cached when committed state)."""
+    found = session.get(Item, item_id)
+    if found is not None:
+        _items_cache.put(session, item_id, found)
+    return found
 
 
 def check_viewable(item: Item, permissions: frozenset[Permission]) -> None:
@@ -283,10 +333,24 @@ def _decode(sessions: sessionmaker[Session], blobs: BlobStore, home: Path, item:
     return _Loaded(read_raster(blobs.get(item.blob_sha256)), None, None)
 
 
-def _slide(blobs: BlobStore, home: Path, item: Item) -> Slide:
+def _slide_blobs(item: Item) -> list[str]:
+    """The blobs a slide item opens from: its one TIFF/SVS, or its DICOM-WSI VOLUME instances in
+    level order (kept in ``meta["instance_blobs"]`` by ingest, so no database read is needed)."""
+    if item.kind == "slide" and item.source_format == "dicom":
+        digests = (item.meta or {}).get("instance_blobs") or []
+        if isinstance(digests, list) and digests and all(isinstance(d, str) for d in digests):
+            return list(digests)
+        raise NotFound(f"slide item {item.id} lists no DICOM instances (meta.instance_blobs)")
     if item.kind != "slide" or not item.blob_sha256:
         raise InvalidInput(f"item {item.id} is a {item.kind}, not a slide: DZI serves slides only")
-    key = (str(home), item.blob_sha256)
+    return [item.blob_sha256]
+
+
+def _slide(blobs: BlobStore, home: Path, item: Item) -> Slide | DicomSlide:
+    """An open slide from the handle cache: TIFF/SVS with ``open_slide``, DICOM-WSI with
+    ``open_dicom_slide`` over the instances' local blob paths (both read lazily)."""
+    digests = _slide_blobs(item)
+    key = (str(home), *digests)
     found = _slides.get(key)
     if found is not None:
         return found  # type: ignore[no-any-return]
@@ -295,7 +359,8 @@ def _slide(blobs: BlobStore, home: Path, item: Item) -> Slide:
     with lock:  # one open per slide: a second handle would replace (and close) the first
         found = _slides.get(key)
         if found is None:
-            found = open_slide(_blob_path(blobs, item.blob_sha256, home))
+            paths = [_blob_path(blobs, d, home) for d in digests]
+            found = open_dicom_slide(paths) if item.source_format == "dicom" else open_slide(paths[0])
             _slides.put(key, found, 1)
     with _load_guard:
         _load_locks.pop(key, None)
@@ -385,11 +450,24 @@ def _plane_values(
     return plane.pixels, plane.spacing
 
 
+_MEDIA = {"png": "image/png", "jpeg": "image/jpeg", "webp": "image/webp"}
+
+
+def media_type(p: RenderParams) -> str:
+    return _MEDIA[p.format]
+
+
+def cached_body(home: Path, etag: str) -> bytes | None:
+    """An encoded frame or tile from the response cache (no decoding, no database), or None."""
+    found: bytes | None = _encoded.get((str(home), etag))
+    return found
+
+
 def rendered_frame(
     sessions: sessionmaker[Session], blobs: BlobStore, home: Path, item: Item, p: RenderParams, etag: str
 ) -> PixelResponse:
     p.validate()
-    media = {"png": "image/png", "jpeg": "image/jpeg", "webp": "image/webp"}[p.format]
+    media = _MEDIA[p.format]
     ckey = (str(home), etag)
     cached = _encoded.get(ckey)
     if cached is not None:
@@ -491,26 +569,38 @@ _audit_windows: dict[tuple[str, int | None, str, int], tuple[datetime, int]] = {
 def note_read(session: Session, actor: Actor, item: Item, what: str, *, home: Path) -> bool:
     """Count a pixel read; record an ``image.read`` audit event when the (user, item) pair has none
     in the last ``AUDIT_BATCH_SECONDS``. Returns True when a record was written."""
+    event = read_event(actor, item, what, home=home)
+    if event is None:
+        return False
+    audit.record(session, event)
+    return True
+
+
+def record_read(sessions: sessionmaker[Session], event: AuditEventData) -> None:
+    """Record a :func:`read_event` in its own short transaction."""
+    with session_scope(sessions) as s:
+        audit.record(s, event)
+
+
+def read_event(actor: Actor, item: Item, what: str, *, home: Path) -> AuditEventData | None:
+    """Count a pixel read in memory; the ``image.read`` event to record when the (user, item) pair
+    has none in the last ``AUDIT_BATCH_SECONDS``, else None (see :func:`note_read`)."""
     key = (str(home), actor.user_id, actor.username, item.id)
     now = clock.now()
     with _audit_lock:
         found = _audit_windows.get(key)
         if found is not None and now - found[0] < timedelta(seconds=AUDIT_BATCH_SECONDS):
             _audit_windows[key] = (found[0], found[1] + 1)
-            return False
+            return None
         previous = found[1] if found is not None else 0
         _audit_windows[key] = (now, 1)
         if len(_audit_windows) > 100_000:  # forget the oldest windows
             for k in sorted(_audit_windows, key=lambda k: _audit_windows[k][0])[:50_000]:
                 _audit_windows.pop(k, None)
-    audit.record(
-        session,
-        actor.event(
-            AuditAction.IMAGE_READ,
-            object_type="item",
-            object_id=str(item.id),
-            project_id=item.project_id,
-            detail={"first": what, "batch_seconds": AUDIT_BATCH_SECONDS, "previous_window_reads": previous},
-        ),
+    return actor.event(
+        AuditAction.IMAGE_READ,
+        object_type="item",
+        object_id=str(item.id),
+        project_id=item.project_id,
+        detail={"first": what, "batch_seconds": AUDIT_BATCH_SECONDS, "previous_window_reads": previous},
     )
-    return True

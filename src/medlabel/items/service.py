@@ -3,11 +3,12 @@ the pseudonym map (PHI, administrators only)."""
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import event, func, select
 from sqlalchemy.orm import Session
 
 from medlabel import clock
@@ -15,11 +16,12 @@ from medlabel.accounts.service import Actor
 from medlabel.audit import service as audit
 from medlabel.audit.events import AuditAction, AuditEventData
 from medlabel.deid import IMPLEMENTED_OPTIONS, DeidConfig
-from medlabel.errors import ConfigurationError, Conflict, Forbidden, InvalidInput, NotFound
+from medlabel.errors import ConfigurationError, Conflict, Forbidden, InvalidInput, MedlabelError, NotFound
 from medlabel.items.ingest import uploads_root
-from medlabel.items.models import Item, PseudonymEntry, QuarantineEntry
+from medlabel.items.models import Instance, Item, PseudonymEntry, QuarantineEntry
 from medlabel.items.settings import DeidSettings, deid_settings
 from medlabel.jobs import service as jobs
+from medlabel.storage.blobs import BlobStore
 from medlabel.storage.models import Job, Project
 
 __all__ = [
@@ -35,6 +37,8 @@ __all__ = [
 ]
 
 IMPORT_JOB = "items.import"
+
+log = logging.getLogger(__name__)
 
 
 def start_import(session: Session, actor: Actor, *, project: Project, upload_dir: Path, home: Path) -> Job:
@@ -97,9 +101,21 @@ def list_quarantine(
 
 
 def decide_quarantine(
-    session: Session, actor: Actor, *, project_id: int, qid: int, decision: str, note: str = ""
+    session: Session,
+    actor: Actor,
+    *,
+    project_id: int,
+    qid: int,
+    decision: str,
+    note: str = "",
+    blobs: BlobStore | None = None,
 ) -> QuarantineEntry:
-    """``clear`` admits the item (status ready); ``reject`` keeps it out for good (status rejected)."""
+    """``clear`` admits the item (status ready); ``reject`` keeps it out for good (status rejected).
+
+    On ``reject`` with ``blobs``, the item's stored files that no other (not rejected) item or
+    instance uses are deleted from the blob store **after** the caller commits (see
+    :func:`_delete_after_commit`); the ``quarantine.reject`` record lists them.
+    """
     if decision not in ("clear", "reject"):
         raise InvalidInput(f"decision must be clear or reject, found {decision!r}")
     entry = session.get(QuarantineEntry, qid)
@@ -116,6 +132,10 @@ def decide_quarantine(
     entry.note = note[:2000]
     item.status = "ready" if decision == "clear" else "rejected"
     session.flush()
+    doomed = _unshared_blobs(session, item.id, _item_blobs(session, item)) if decision == "reject" else []
+    detail: dict[str, Any] = {"quarantine_id": entry.id, "reasons": entry.reasons, "note": entry.note}
+    if decision == "reject":
+        detail["blobs_to_delete"] = doomed if blobs is not None else []
     audit.record(
         session,
         AuditEventData(
@@ -126,10 +146,108 @@ def decide_quarantine(
             object_type="item",
             object_id=str(item.id),
             project_id=project_id,
-            detail={"quarantine_id": entry.id, "reasons": entry.reasons, "note": entry.note},
+            detail=detail,
         ),
     )
+    if doomed and blobs is not None:
+        _delete_after_commit(session, blobs, doomed, actor=actor, item_id=item.id, project_id=project_id)
     return entry
+
+
+def _item_blobs(session: Session, item: Item) -> list[str]:
+    """Every blob an item stores: its file, its instances' files, its quarantine entries' file."""
+    found = {item.blob_sha256} if item.blob_sha256 else set()
+    found.update(session.scalars(select(Instance.blob_sha256).where(Instance.item_id == item.id)))
+    found.update(
+        session.scalars(select(QuarantineEntry.blob_sha256).where(QuarantineEntry.item_id == item.id))
+    )
+    return sorted(d for d in found if d)
+
+
+def _unshared_blobs(session: Session, item_id: int, digests: list[str]) -> list[str]:
+    """Those of ``digests`` that no other item (in any project; blobs are shared by content) that
+    is not rejected uses, as its file or an instance's."""
+    if not digests:
+        return []
+    live = Item.status != "rejected"
+    used = set(
+        session.scalars(
+            select(Item.blob_sha256).where(Item.blob_sha256.in_(digests), Item.id != item_id, live)
+        )
+    )
+    used.update(
+        session.scalars(
+            select(Instance.blob_sha256)
+            .join(Item, Item.id == Instance.item_id)
+            .where(Instance.blob_sha256.in_(digests), Instance.item_id != item_id, live)
+        )
+    )
+    return [d for d in digests if d not in used]
+
+
+def _delete_after_commit(
+    session: Session, blobs: BlobStore, digests: list[str], *, actor: Actor, item_id: int, project_id: int
+) -> None:
+    """Delete ``digests`` from the blob store once ``session`` commits (never on rollback).
+
+    After the commit the references are checked again in a new transaction (an import may have
+    stored the same bytes for another item meanwhile), the unshared blobs are deleted, and a
+    ``blob.delete`` audit record lists what was deleted, kept and failed. Nothing here may fail
+    the caller: its transaction is already committed; errors are logged and recorded.
+    """
+    bind = session.get_bind()
+
+    def run() -> None:
+        try:
+            with Session(bind=bind, expire_on_commit=False) as s, s.begin():
+                still = _unshared_blobs(s, item_id, digests)
+                deleted, failed = [], []
+                for d in still:
+                    try:
+                        blobs.delete(d)
+                        deleted.append(d)
+                    except (OSError, MedlabelError) as exc:
+                        log.warning("deleting blob %s of rejected item %s failed: %s", d, item_id, exc)
+                        failed.append(d)
+                audit.record(
+                    s,
+                    AuditEventData(
+                        action="blob.delete",
+                        outcome="failure" if failed else "success",
+                        actor_id=actor.user_id,
+                        actor=actor.username,
+                        ip=actor.ip,
+                        object_type="item",
+                        object_id=str(item_id),
+                        project_id=project_id,
+                        detail={
+                            "reason": "quarantine.reject",
+                            "deleted": deleted,
+                            "kept": [d for d in digests if d not in still],
+                            "failed": failed,
+                        },
+                    ),
+                )
+        except Exception:  # noqa: BLE001  (the decision is committed; a failed clean-up only leaves blobs)
+            log.warning("deleting the blobs of rejected item %s failed", item_id, exc_info=True)
+
+    pending = session.info.setdefault(_AFTER_COMMIT, [])
+    pending.append(run)
+    if not event.contains(session, "after_commit", _run_after_commit):
+        event.listen(session, "after_commit", _run_after_commit)
+        event.listen(session, "after_soft_rollback", _drop_after_commit)
+
+
+_AFTER_COMMIT = "medlabel.items.after_commit"
+
+
+def _run_after_commit(session: Session) -> None:
+    for fn in session.info.pop(_AFTER_COMMIT, []):
+        fn()
+
+
+def _drop_after_commit(session: Session, _previous: object) -> None:
+    session.info.pop(_AFTER_COMMIT, None)
 
 
 def get_deid(project: Project) -> DeidSettings:

@@ -15,15 +15,17 @@ global administrator; every save is validated against the schema in force and ke
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
+from datetime import datetime
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import bindparam, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from medlabel import clock
 from medlabel.accounts.service import Actor
 from medlabel.annotations.model import Annotation, AnnotationSet, apply_save
+from medlabel.annotations.schema import LabelSchema
 from medlabel.annotations.validate import ValidationIssue, check_annotation_set
 from medlabel.audit import service as audit
 from medlabel.audit.events import AuditAction
@@ -37,6 +39,7 @@ from medlabel.labeling.models import (
     TASK_CLAIMED,
     AnnotationSetRow,
     AnnotationSetVersion,
+    LabelSchemaVersion,
     Task,
 )
 from medlabel.labeling.schema_service import require_schema
@@ -47,6 +50,7 @@ __all__ = [
     "SetRef",
     "StoredSet",
     "held_task",
+    "schema_in_force",
     "resolve_set",
     "load_set",
     "read_annotations",
@@ -67,6 +71,33 @@ class StoredSet:
     ref: SetRef
     aset: AnnotationSet
     warnings: tuple[ValidationIssue, ...] = ()
+
+
+_SCHEMAS: dict[tuple[int, datetime], LabelSchema] = {}
+_LATEST_SCHEMA = (
+    select(LabelSchemaVersion.id, LabelSchemaVersion.created_at)
+    .where(LabelSchemaVersion.project_id == bindparam("pid"))
+    .order_by(LabelSchemaVersion.version.desc())
+    .limit(1)
+)
+_SCHEMA_DOCUMENT = select(LabelSchemaVersion.document).where(LabelSchemaVersion.id == bindparam("sid"))
+
+
+def schema_in_force(session: Session, project_id: int) -> LabelSchema:
+    """``require_schema``, parsed once per schema version: the latest version's row is looked up
+    (id and creation time only) on every call, its parsed document kept in process. Schema rows
+    are never changed (a new version is a new row), so the cache can never be stale."""
+    row = session.execute(_LATEST_SCHEMA, {"pid": project_id}).first()
+    if row is None:
+        return require_schema(session, project_id)  # the usual 409 no_schema
+    key = (int(row.id), row.created_at)
+    schema = _SCHEMAS.get(key)
+    if schema is None:
+        schema = LabelSchema.from_dict(session.execute(_SCHEMA_DOCUMENT, {"sid": row.id}).scalar_one())
+        if len(_SCHEMAS) >= 512:
+            _SCHEMAS.clear()
+        _SCHEMAS[key] = schema
+    return schema
 
 
 def held_task(session: Session, actor: Actor, item_id: int) -> Task | None:
@@ -189,7 +220,7 @@ def save_set(
 ) -> StoredSet:
     """Validate and store a new version of one set (no access checks: callers do them).
     ``stamp=False`` keeps provenance as given (copies between sets)."""
-    schema = require_schema(session, item.project_id)
+    schema = schema_in_force(session, item.project_id)
     try:
         incoming = AnnotationSet.from_dict(
             {
@@ -230,10 +261,11 @@ def save_set(
     new = apply_save(row.version, if_match, stamped)
     result = check_annotation_set(new, schema, extent_of(item), previous=previous, require_complete=not draft)
     final = replace(result.annotation_set, version=new.version, schema_version=schema.version)
+    data = final.to_dict()
     now = clock.now()
     row.version = final.version
     row.schema_version = schema.version
-    row.data = final.to_dict()
+    row.data = data
     row.updated_by = actor.user_id
     row.updated_at = now
     session.add(
@@ -245,7 +277,7 @@ def save_set(
             schema_version=schema.version,
             stage=stage,
             task_id=task_id,
-            data=final.to_dict(),
+            data=data,
             saved_by=actor.user_id,
             saved_by_name=actor.username,
             saved_at=now,

@@ -21,7 +21,7 @@ from medlabel.audit import service as audit
 from medlabel.errors import Conflict, InvalidInput
 from medlabel.items.models import Item
 from medlabel.labeling.adjudication import seed_consensus
-from medlabel.labeling.annotation_service import SetRef, load_set, save_set
+from medlabel.labeling.annotation_service import SetRef, load_set, save_set, schema_in_force
 from medlabel.labeling.common import (
     error_to_row,
     event,
@@ -45,8 +45,7 @@ from medlabel.labeling.models import (
     Review,
     Task,
 )
-from medlabel.labeling.schema_service import require_schema
-from medlabel.labeling.task_service import get_task, require_holder
+from medlabel.labeling.task_service import get_task, get_task_and_item, require_holder
 from medlabel.projects.service import ProjectAccess
 from medlabel.workflow import (
     Decision,
@@ -88,14 +87,19 @@ def _record(
     to_stage: str,
     errors: Sequence[ErrorRecord],
     comment: str,
+    main_version: int | None = None,
 ) -> Review:
-    main = session.scalar(
-        select(AnnotationSetRow.version).where(
-            AnnotationSetRow.item_id == task.item_id,
-            AnnotationSetRow.kind == SET_MAIN,
-            AnnotationSetRow.owner_key == 0,
+    """Add the decision (flushed, for its id, only when it carries error records).
+    ``main_version``: the main set's version when the caller has just read it."""
+    main = main_version
+    if main is None:
+        main = session.scalar(
+            select(AnnotationSetRow.version).where(
+                AnnotationSetRow.item_id == task.item_id,
+                AnnotationSetRow.kind == SET_MAIN,
+                AnnotationSetRow.owner_key == 0,
+            )
         )
-    )
     rev = Review(
         project_id=task.project_id,
         item_id=task.item_id,
@@ -110,9 +114,10 @@ def _record(
         at=clock.now(),
     )
     session.add(rev)
-    session.flush()
-    for e in errors:
-        session.add(error_to_row(rev.id, e))
+    if errors:
+        session.flush()
+        for e in errors:
+            session.add(error_to_row(rev.id, e))
     return rev
 
 
@@ -201,26 +206,26 @@ def _score_gold(session: Session, actor: Actor, task: Task, item: Item) -> dict[
     return res.to_dict()
 
 
-def _check_complete(session: Session, item: Item, ref: SetRef) -> None:
-    schema = require_schema(session, item.project_id)
+def _check_complete(session: Session, item: Item, ref: SetRef) -> int:
+    """422 unless the set is complete under the schema in force; returns the set's version."""
+    schema = schema_in_force(session, item.project_id)
     aset = load_set(session, item.id, ref)
     # work saved under an earlier schema version is judged leniently on rules the schema changed
     previous = aset if aset.version and aset.schema_version < schema.version else None
     check_annotation_set(aset, schema, extent_of(item), previous=previous, require_complete=True)
+    return aset.version
 
 
 def submit(session: Session, actor: Actor, access: ProjectAccess, task_id: int) -> Outcome:
     """An annotator finishes an annotate task: the saved set must be complete under the schema."""
     project = access.project
-    task = get_task(session, project.id, task_id, lock=True)
+    task, item = get_task_and_item(session, project.id, task_id)
     require_holder(task, actor)
     if task.stage != Stage.ANNOTATE.value:
         raise Conflict(
             f"task {task.id} is a {task.stage} task; use POST .../tasks/{task.id}/{task.stage} to decide it",
             code="wrong_stage",
         )
-    item = session.get(Item, task.item_id)
-    assert item is not None
     cfg = workflow_config(project)
     if task.is_gold:
         _check_complete(session, item, SetRef(SET_WORK, int(actor.user_id or 0)))
@@ -265,7 +270,7 @@ def submit(session: Session, actor: Actor, access: ProjectAccess, task_id: int) 
             _apply(session, st, task, Transition(Stage.ANNOTATE, to, None, ev))
         _audit_decision(session, actor, task, "submit", to.value, 0)
         return Outcome(task, to.value)
-    _check_complete(session, item, SetRef(SET_MAIN))
+    main_version = _check_complete(session, item, SetRef(SET_MAIN))
     hist = history_of(session, item.id)
     t = decide(cfg, hist, user=actor.username, stage=Stage.ANNOTATE, decision=Decision.SUBMIT, at=clock.now())
     # a rejected item's next review goes to the pool again (never to the annotator: rules apply)
@@ -280,6 +285,7 @@ def submit(session: Session, actor: Actor, access: ProjectAccess, task_id: int) 
         to_stage=t.to_stage.value,
         errors=(),
         comment="",
+        main_version=main_version,
     )
     _apply(session, st, task, t)
     _audit_decision(session, actor, task, "submit", t.to_stage.value, 0)

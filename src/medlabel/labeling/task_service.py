@@ -20,8 +20,10 @@ from datetime import timedelta
 from typing import Any
 
 import numpy as np
-from sqlalchemy import and_, case, exists, func, or_, select
+from sqlalchemy import Integer, String, and_, bindparam, case, exists, func, or_, select, update
 from sqlalchemy.orm import Session, aliased
+from sqlalchemy.sql import operators
+from sqlalchemy.sql.expression import UnaryExpression
 
 from medlabel import clock
 from medlabel.accounts.service import Actor
@@ -49,6 +51,7 @@ from medlabel.labeling.models import (
 from medlabel.labeling.schema_service import require_guideline_ack
 from medlabel.projects.service import ProjectAccess, project_roles
 from medlabel.security.rbac import Permission, permissions_for
+from medlabel.storage.db import UTCDateTime
 from medlabel.storage.models import Project, User
 from medlabel.workflow import (
     ErrorTaxonomy,
@@ -67,6 +70,7 @@ __all__ = [
     "sync_tasks",
     "claim_next",
     "get_task",
+    "get_task_and_item",
     "release",
     "heartbeat",
     "assign",
@@ -179,28 +183,31 @@ def available(now: Any) -> Any:
     return or_(Task.state == TASK_OPEN, and_(Task.state == TASK_CLAIMED, Task.lease_expires_at <= now))
 
 
-# one alias, built once: a fresh ``aliased()`` per claim costs a statement-cache miss each time
+# aliases built once: a fresh ``aliased()`` per claim costs a statement-cache miss each time
 _OTHER = aliased(Task, name="other_task")
+#: the candidate rows of a one-statement claim (the ``UPDATE``'s own target is ``Task``)
+_POOL = aliased(Task, name="pool")
 
 
-def _rules(stage: Stage, user_id: int) -> Any:
-    """SQL conditions for 'nobody checks their own work' and 'overlap slots go to different people'."""
+def _rules(stage: Stage, user_id: Any, t: Any = Task) -> Any:
+    """SQL conditions on candidate ``t`` for 'nobody checks their own work' and 'overlap slots
+    go to different people'."""
     if stage is Stage.ANNOTATE:
         other = _OTHER
         return ~exists().where(
-            other.item_id == Task.item_id,
-            other.id != Task.id,
+            other.item_id == t.item_id,
+            other.id != t.id,
             other.stage == Stage.ANNOTATE.value,
             other.overlap_slot.is_not(None),
             other.assignee_id == user_id,
             other.state.in_((TASK_CLAIMED, TASK_DONE)),
-            Task.overlap_slot.is_not(None),
+            t.overlap_slot.is_not(None),
         )
     own = {
         Stage.REVIEW: (Stage.ANNOTATE.value,),
         Stage.VALIDATE: (Stage.ANNOTATE.value, Stage.REVIEW.value),
     }.get(stage)
-    cond = [Review.item_id == Task.item_id, Review.user_id == user_id]
+    cond = [Review.item_id == t.item_id, Review.user_id == user_id]
     if own is not None:
         cond.append(Review.stage.in_(own))
     not_touched = ~exists().where(*cond)
@@ -209,8 +216,8 @@ def _rules(stage: Stage, user_id: int) -> Any:
         return and_(
             not_touched,
             ~exists().where(
-                held.item_id == Task.item_id,
-                held.id != Task.id,
+                held.item_id == t.item_id,
+                held.id != t.id,
                 held.assignee_id == user_id,
                 held.stage != Stage.AUDIT.value,
             ),
@@ -218,11 +225,22 @@ def _rules(stage: Stage, user_id: int) -> Any:
     return not_touched
 
 
-def _serve_gold(session: Session, user_id: int, project: Project, cfg: WorkflowConfig) -> Task | None:
-    if cfg.gold_rate <= 0 or not should_serve_gold(
-        cfg.gold_rate, np.random.default_rng(secrets.randbits(64))
-    ):
-        return None
+def _own_base(t: Any, project_id: Any, stage: Any) -> tuple[Any, ...]:
+    """Project and stage conditions for 'the caller's own tasks', written ``+project_id`` so the
+    planner goes by the assignee index instead of walking the project's whole pool index (SQLite
+    has no statistics to tell: ~1 ms a claim at 5000 open tasks, 0.04 ms this way)."""
+    return (
+        UnaryExpression(t.project_id, operator=operators.custom_op("+")) == project_id,
+        t.stage == stage,
+    )
+
+
+def _gold_turn(cfg: WorkflowConfig) -> bool:
+    """Whether this claim should serve a gold item (at the workflow's gold rate)."""
+    return cfg.gold_rate > 0 and should_serve_gold(cfg.gold_rate, np.random.default_rng(secrets.randbits(64)))
+
+
+def _serve_gold(session: Session, user_id: int, project: Project) -> Task | None:
     seen = select(Task.item_id).where(
         Task.project_id == project.id, Task.is_gold.is_(True), Task.assignee_id == user_id
     )
@@ -259,14 +277,18 @@ def _claim_stage(
     """Pick and claim one task at ``stage``, in this order: a task the caller already holds (returned
     as is), one reserved for them (rework, assignment), a gold item (annotate, at the gold rate), an
     abandoned task (lease over), the open pool — each by priority, then age. Every pick locks its
-    row with ``FOR UPDATE SKIP LOCKED`` (PostgreSQL); SQLite serialises the whole transaction."""
+    row with ``FOR UPDATE SKIP LOCKED`` (PostgreSQL); SQLite serialises the whole transaction.
+
+    Without a gold item to serve this is one statement (:func:`_claim_in_one`)."""
+    if not (stage is Stage.ANNOTATE and _gold_turn(cfg)):
+        return _claim_in_one(session, actor, project, stage, cfg)
     uid = int(actor.user_id or 0)
     now = clock.now()
     base = (Task.project_id == project.id, Task.stage == stage.value)
     order = (Task.priority.desc(), Task.created_at, Task.id)
 
-    def pick(*where: Any, first: Any = None) -> Task | None:
-        stmt = select(Task).where(*base, *where)
+    def pick(*where: Any, first: Any = None, own: bool = False) -> Task | None:
+        stmt = select(Task).where(*(_own_base(Task, project.id, stage.value) if own else base), *where)
         stmt = stmt.order_by(first, *order) if first is not None else stmt.order_by(*order)
         return session.scalar(stmt.limit(1).with_for_update(skip_locked=True, of=Task))
 
@@ -274,12 +296,13 @@ def _claim_stage(
         Task.assignee_id == uid,
         Task.state.in_((TASK_OPEN, TASK_CLAIMED)),
         first=case((Task.state == TASK_CLAIMED, 0), else_=1),
+        own=True,
     )
     if task is not None and task.state == TASK_CLAIMED and task.lease_expires_at is not None:
         if task.lease_expires_at > now:
             return task  # already held: claiming again is idempotent
-    if task is None and stage is Stage.ANNOTATE:
-        task = _serve_gold(session, uid, project, cfg)
+    if task is None:
+        task = _serve_gold(session, uid, project)
     rules = _rules(stage, uid)
     if task is None:
         task = pick(Task.state == TASK_CLAIMED, Task.lease_expires_at <= now, Task.reserved.is_(False), rules)
@@ -295,6 +318,76 @@ def _claim_stage(
     task.claim_count = (task.claim_count or 0) + 1
     session.flush()
     return task
+
+
+def _claim_in_one(
+    session: Session, actor: Actor, project: Project, stage: Stage, cfg: WorkflowConfig
+) -> Task | None:
+    """The claim as one ``UPDATE tasks … WHERE id = COALESCE(own, abandoned, open) RETURNING``.
+
+    Each candidate is a ``SELECT … LIMIT 1 FOR UPDATE SKIP LOCKED`` sub-query in the same order
+    of preference as the step-by-step claim; PostgreSQL evaluates them lazily (the second only
+    when the first finds nothing) and re-checks a row changed under it (READ COMMITTED), so no
+    task goes to two people. A task the caller already holds with a live lease comes back
+    unchanged (the ``CASE``s keep its claim time and lease)."""
+    now = clock.now()
+    params = {
+        "b_pid": project.id,
+        "b_stage": stage.value,
+        "b_uid": int(actor.user_id or 0),
+        "b_now": now,
+        "b_lease": now + timedelta(seconds=cfg.lease_seconds),
+    }
+    return session.scalars(_claim_statement(stage), params).first()
+
+
+_CLAIM_STATEMENTS: dict[Stage, Any] = {}
+
+
+def _claim_statement(stage: Stage) -> Any:
+    """The claim ``UPDATE`` of ``stage`` with bound parameters ``b_pid``, ``b_stage``, ``b_uid``,
+    ``b_now``, ``b_lease``; built once per stage (building it costs ~1 ms of Python, running it far
+    less)."""
+    stmt = _CLAIM_STATEMENTS.get(stage)
+    if stmt is not None:
+        return stmt
+    p = _POOL
+    pid, uid = bindparam("b_pid", type_=Integer), bindparam("b_uid", type_=Integer)
+    now, lease = bindparam("b_now", type_=UTCDateTime), bindparam("b_lease", type_=UTCDateTime)
+    base = (p.project_id == pid, p.stage == bindparam("b_stage", type_=String))
+    order = (p.priority.desc(), p.created_at, p.id)
+
+    def pick(*where: Any, first: Any = None) -> Any:
+        q = select(p.id).where(*where)
+        q = q.order_by(first, *order) if first is not None else q.order_by(*order)
+        return q.limit(1).with_for_update(skip_locked=True, of=p).scalar_subquery()
+
+    rules = _rules(stage, uid, p)
+    own = pick(
+        *_own_base(p, pid, bindparam("b_stage", type_=String)),
+        p.assignee_id == uid,
+        p.state.in_((TASK_OPEN, TASK_CLAIMED)),
+        first=case((p.state == TASK_CLAIMED, 0), else_=1),
+    )
+    abandoned = pick(*base, p.state == TASK_CLAIMED, p.lease_expires_at <= now, p.reserved.is_(False), rules)
+    pool = pick(*base, p.state == TASK_OPEN, p.reserved.is_(False), rules)
+    live = and_(Task.state == TASK_CLAIMED, Task.assignee_id == uid, Task.lease_expires_at > now)
+    stmt = (
+        update(Task)
+        .where(Task.id == func.coalesce(own, abandoned, pool))
+        .values(
+            state=TASK_CLAIMED,
+            assignee_id=uid,
+            claimed_at=case((live, Task.claimed_at), else_=now),
+            last_heartbeat_at=case((live, Task.last_heartbeat_at), else_=now),
+            lease_expires_at=case((live, Task.lease_expires_at), else_=lease),
+            claim_count=func.coalesce(Task.claim_count, 0) + case((live, 0), else_=1),
+        )
+        .returning(Task)
+        .execution_options(synchronize_session=False, populate_existing=True)
+    )
+    _CLAIM_STATEMENTS[stage] = stmt
+    return stmt
 
 
 def claim_next(session: Session, actor: Actor, access: ProjectAccess, *, stage: Stage | None) -> Task | None:
@@ -351,6 +444,19 @@ def get_task(session: Session, project_id: int, task_id: int, *, lock: bool = Fa
     if task is None or task.project_id != project_id:
         raise NotFound(f"no task with id {task_id} in project {project_id}")
     return task
+
+
+def get_task_and_item(session: Session, project_id: int, task_id: int) -> tuple[Task, Item]:
+    """:func:`get_task` with ``lock=True`` and the task's item, in one statement."""
+    row = session.execute(
+        select(Task, Item)
+        .join(Item, Item.id == Task.item_id)
+        .where(Task.id == task_id)
+        .with_for_update(of=Task)
+    ).first()
+    if row is None or row[0].project_id != project_id:
+        raise NotFound(f"no task with id {task_id} in project {project_id}")
+    return row[0], row[1]
 
 
 def require_holder(task: Task, actor: Actor) -> None:

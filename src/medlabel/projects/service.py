@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from sqlalchemy import select
+from sqlalchemy import Engine, select
 from sqlalchemy.orm import Session
 
 from medlabel import clock
@@ -13,6 +13,7 @@ from medlabel.audit import service as audit
 from medlabel.audit.events import AuditAction
 from medlabel.errors import Conflict, Forbidden, InvalidInput, NotFound, PreconditionFailed
 from medlabel.security.rbac import Permission, ProjectRole, permissions_for
+from medlabel.storage.cache import RowCache
 from medlabel.storage.models import Membership, Project, User
 
 __all__ = [
@@ -20,6 +21,9 @@ __all__ = [
     "create_project",
     "list_projects",
     "project_roles",
+    "cached_roles",
+    "fetch_roles",
+    "allowed",
     "require_project",
     "update_project",
     "add_member",
@@ -35,13 +39,53 @@ class ProjectAccess:
     permissions: frozenset[Permission]
 
 
+_roles_cache = RowCache(
+    "project_roles",
+    {
+        Membership: lambda m: [(m.project_id, m.user_id)],
+        Project: lambda p: lambda key, _roles: key[0] == p.id,
+        User: lambda u: lambda key, _roles: key[1] == u.id,
+    },
+)
+"""(project id, user id) -> roles, for a couple of seconds (``medlabel.storage.cache``): any
+membership change in this process drops the entry at once, other processes see it within the
+TTL."""
+
+
 def project_roles(session: Session, project_id: int, user_id: int | None) -> frozenset[str]:
+    if user_id is None:
+        return frozenset()
+    found: frozenset[str] | None = _roles_cache.get_in(session, (project_id, user_id))
+    return found if found is not None else fetch_roles(session, project_id, user_id)
+
+
+def fetch_roles(session: Session, project_id: int, user_id: int | None) -> frozenset[str]:
+    """:func:`project_roles` read from the database (and cached when committed state)."""
     if user_id is None:
         return frozenset()
     rows = session.scalars(
         select(Membership.role).where(Membership.project_id == project_id, Membership.user_id == user_id)
     )
-    return frozenset(rows)
+    roles = frozenset(rows)
+    _roles_cache.put(session, (project_id, user_id), roles)
+    return roles
+
+
+def cached_roles(engine: Engine | None, project_id: int, user_id: int | None) -> frozenset[str] | None:
+    """The actor's roles in a project from the in-process cache (no database), or None."""
+    if user_id is None:
+        return frozenset()
+    found: frozenset[str] | None = _roles_cache.get(engine, (project_id, user_id))
+    return found
+
+
+def allowed(actor: Actor, roles: frozenset[str], permission: Permission) -> frozenset[Permission] | None:
+    """The actor's permissions in a project where they have ``roles``, when they include
+    ``permission``; None when :func:`require_project` would refuse (404 or 403)."""
+    if not roles and not actor.is_admin:
+        return None
+    perms = permissions_for(actor.role, roles)
+    return perms if permission in perms else None
 
 
 def require_project(session: Session, actor: Actor, project_id: int, permission: Permission) -> ProjectAccess:

@@ -16,8 +16,18 @@ from sqlalchemy.types import TypeDecorator
 
 SQLITE_LOCK_TIMEOUT = 30.0
 _LOCK_KEY = "medlabel_sqlite_write_turn"
+READONLY = "medlabel_readonly"
+"""Execution option and session-info flag of read-only sessions (:func:`make_read_sessionmaker`)."""
 
-__all__ = ["Base", "UTCDateTime", "make_engine", "make_sessionmaker", "session_scope", "is_sqlite"]
+__all__ = [
+    "Base",
+    "UTCDateTime",
+    "make_engine",
+    "make_sessionmaker",
+    "make_read_sessionmaker",
+    "session_scope",
+    "is_sqlite",
+]
 
 
 class Base(DeclarativeBase):
@@ -84,6 +94,11 @@ def make_engine(url: str, *, echo: bool = False) -> Engine:
 
         @event.listens_for(engine, "begin")
         def _sqlite_begin(conn: Any) -> None:
+            if conn.get_execution_options().get(READONLY):
+                # A read-only session (it cannot flush): a deferred transaction, a WAL snapshot
+                # at its first read, no write turn -- readers never queue behind writers.
+                conn.exec_driver_sql("BEGIN")
+                return
             # IMMEDIATE takes the write lock up front: a transaction that reads and then writes
             # can never fail half-way with SQLITE_BUSY_SNAPSHOT under WAL. PostgreSQL gets real
             # row-level concurrency.
@@ -114,6 +129,21 @@ def make_engine(url: str, *, echo: bool = False) -> Engine:
 
 def make_sessionmaker(engine: Engine) -> sessionmaker[Session]:
     return sessionmaker(engine, expire_on_commit=False)
+
+
+def make_read_sessionmaker(engine: Engine) -> sessionmaker[Session]:
+    """Sessions for work that only reads (access checks of pixel requests). On SQLite they begin
+    a plain deferred transaction instead of ``BEGIN IMMEDIATE`` and never take the in-process
+    write turn; a flush with pending changes raises. Same pool as ``engine``."""
+    return sessionmaker(
+        engine.execution_options(**{READONLY: True}), expire_on_commit=False, info={READONLY: True}
+    )
+
+
+@event.listens_for(Session, "before_flush")
+def _refuse_writes(session: Session, _ctx: Any, _instances: Any) -> None:
+    if session.info.get(READONLY) and (session.new or session.dirty or session.deleted):
+        raise RuntimeError("a read-only session (make_read_sessionmaker) cannot write")
 
 
 @contextmanager

@@ -8,7 +8,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import JSON, BigInteger, Boolean, ForeignKey, Integer, String, Text, UniqueConstraint
+from sqlalchemy import JSON, BigInteger, Boolean, ForeignKey, Index, Integer, String, Text, UniqueConstraint
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 from medlabel.storage.db import Base, UTCDateTime
@@ -97,9 +97,13 @@ class Membership(Base):
 
 
 class AuditEvent(Base):
-    """One append-only record of the tamper-evident audit log (see ``medlabel.audit``)."""
+    """One append-only record of the tamper-evident audit log (see ``medlabel.audit``).
+
+    ``seq`` orders all records (every chain); ``chain`` is the hash chain the record belongs to
+    and ``prev_seq`` the ``seq`` of the record before it in that chain (0 for the first)."""
 
     __tablename__ = "audit_events"
+    __table_args__ = (Index("ix_audit_events_chain_seq", "chain", "seq"),)
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     seq: Mapped[int] = mapped_column(BigInteger, unique=True, index=True)
@@ -115,13 +119,16 @@ class AuditEvent(Base):
     detail: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     prev_hash: Mapped[str] = mapped_column(String(64))
     hash: Mapped[str] = mapped_column(String(64))
+    chain: Mapped[int] = mapped_column(Integer, default=1, server_default="1")
+    prev_seq: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
 
 
 class AuditHead(Base):
-    """A single row holding the chain's last sequence number and hash.
+    """One row per audit chain (``id`` = chain number): its last record's ``seq`` and hash.
 
-    Updating it first serialises appends on every backend and lets verification notice records
-    removed from the end of the chain.
+    Locking it serialises the appends to that chain, and lets verification notice records
+    removed from the end of the chain. Concurrent transactions take different chains
+    (``medlabel.audit.service``).
     """
 
     __tablename__ = "audit_head"

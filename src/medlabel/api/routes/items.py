@@ -7,24 +7,29 @@ import shutil
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Depends, File, Header, Query, Response, UploadFile
+from fastapi import APIRouter, Depends, Header, Query, Request, Response
 from pydantic import BaseModel, ConfigDict, Field, computed_field
+from starlette.concurrency import run_in_threadpool
 
 from medlabel.accounts.service import Actor
+from medlabel.api import uploads
 from medlabel.api.deps import (
     ActorDep,
     ItemAccess,
+    PixelAccess,
     RuntimeDep,
     SessionDep,
     global_permission,
     item_permission,
+    item_pixels,
     project_permission,
 )
 from medlabel.api.schemas import JobRead
 from medlabel.items import pixels
 from medlabel.items import service as items
-from medlabel.items.ingest import new_upload_dir, safe_name
+from medlabel.items.ingest import new_upload_dir
 from medlabel.items.models import Item
+from medlabel.items.unpack import IngestLimits
 from medlabel.projects.service import ProjectAccess
 from medlabel.security.rbac import Permission
 
@@ -35,6 +40,7 @@ CanList = Annotated[ProjectAccess, Depends(project_permission(Permission.ITEM_RE
 CanReadProject = Annotated[ProjectAccess, Depends(project_permission(Permission.PROJECT_READ))]
 CanUpdate = Annotated[ProjectAccess, Depends(project_permission(Permission.PROJECT_UPDATE))]
 CanRead = Annotated[ItemAccess, Depends(item_permission(Permission.ITEM_READ))]
+Pixels = Annotated[PixelAccess, Depends(item_pixels(Permission.ITEM_READ))]
 PhiReader = Annotated[Actor, Depends(global_permission(Permission.PHI_READ))]
 
 
@@ -125,32 +131,43 @@ class PseudonymRead(BaseModel):
 # ---------------------------------------------------------------- imports
 
 
-@router.post("/projects/{project_id}/imports", response_model=JobRead, status_code=202)
-def import_files(
-    access: CanImport,
-    actor: ActorDep,
-    session: SessionDep,
-    rt: RuntimeDep,
-    files: Annotated[
-        list[UploadFile], File(description="DICOM, NIfTI, PNG/JPEG/TIFF, slides, or ZIPs of those")
-    ],
+@router.post(
+    "/projects/{project_id}/imports",
+    response_model=JobRead,
+    status_code=202,
+    openapi_extra=uploads.OPENAPI_BODY,
+)
+async def import_files(
+    request: Request, access: CanImport, actor: ActorDep, session: SessionDep, rt: RuntimeDep
 ) -> JobRead:
-    """Upload files and/or ZIP archives; an ``items.import`` job imports them (202 + the job).
-    The job's result is the per-file report."""
-    upload = new_upload_dir(rt.settings.home)
+    """Upload files and/or ZIP archives (multipart, field ``files`` repeated); an
+    ``items.import`` job imports them (202 + the job). The job's result is the per-file report.
+
+    Access is checked before a byte of the body is read; the body is then streamed to the upload
+    folder part by part (``medlabel.api.uploads``) with the database released meanwhile."""
+    await run_in_threadpool(session.commit)  # no transaction (SQLite write turn) during the upload
+    upload = await run_in_threadpool(new_upload_dir, rt.settings.home)
     try:
-        for i, f in enumerate(files):
-            with open(upload / safe_name(f.filename or "file", i), "wb") as out:
-                shutil.copyfileobj(f.file, out, 1 << 20)
-        job = items.start_import(
-            session, actor, project=access.project, upload_dir=upload, home=rt.settings.home
+        await uploads.receive_files(
+            request.headers.get("content-type", ""),
+            request.stream(),
+            upload,
+            max_files=IngestLimits.from_env().max_files,
         )
-        session.commit()
+
+        def queue() -> JobRead:
+            job = items.start_import(
+                session, actor, project=access.project, upload_dir=upload, home=rt.settings.home
+            )
+            session.commit()
+            return JobRead.model_validate(job)
+
+        job = await run_in_threadpool(queue)
     except BaseException:
         shutil.rmtree(upload, ignore_errors=True)
         raise
-    rt.enqueue(job.id)
-    return JobRead.model_validate(job)
+    await run_in_threadpool(rt.enqueue, job.id)
+    return job
 
 
 # ---------------------------------------------------------------- items
@@ -193,18 +210,27 @@ def _pixel_response(resp: pixels.PixelResponse | None, etag: str, *, not_modifie
     return Response(content=resp.body, media_type=resp.media_type, headers={**headers, **resp.headers})
 
 
-def _viewable(access: ItemAccess) -> Item:
-    pixels.check_viewable(access.item, access.access.permissions)
-    return access.item
+def _visible(px: PixelAccess) -> Item:
+    pixels.check_viewable(px.item, px.permissions)
+    return px.item
+
+
+async def _note_read(px: PixelAccess, what: str) -> None:
+    """Batched ``image.read`` audit (``pixels.read_event``): a write only once a minute per user
+    and item, in its own short transaction."""
+    event = pixels.read_event(px.actor, px.item, what, home=px.runtime.settings.home)
+    if event is not None:
+        await run_in_threadpool(pixels.record_read, px.runtime.sessions, event)
+
+
+# Pixel routes are async: a request whose access facts and response are cached is answered on
+# the event loop without a thread hop or a query; decoding and rendering run in the thread pool.
 
 
 @router.get("/items/{item_id}/frames/{n}/rendered", response_class=Response)
-def rendered_frame(
+async def rendered_frame(
     n: int,
-    access: CanRead,
-    actor: ActorDep,
-    session: SessionDep,
-    rt: RuntimeDep,
+    px: Pixels,
     window: float | None = None,
     level: float | None = None,
     preset: str | None = None,
@@ -216,51 +242,52 @@ def rendered_frame(
 ) -> Response:
     """Frame (or plane) ``n`` windowed to 8 bit: ``window``/``level`` or a ``preset``, else the
     header's window or an automatic one. ETag + 304 on ``If-None-Match``."""
-    item = _viewable(access)
+    item = _visible(px)
     params = pixels.RenderParams(n, window, level, preset, format, quality, size, plane)
     params.validate()
     etag = pixels.etag_for(item, "rendered", params)
-    home = rt.settings.home
+    home = px.runtime.settings.home
     if pixels.etag_matches(if_none_match, etag):
-        pixels.note_read(session, actor, item, "rendered", home=home)
+        await _note_read(px, "rendered")
         return _pixel_response(None, etag, not_modified=True)
-    session.commit()  # release the database before rendering (see medlabel.items.pixels)
-    resp = pixels.rendered_frame(rt.sessions, rt.blobs, home, item, params, etag)
-    pixels.note_read(session, actor, item, "rendered", home=home)
+    body = pixels.cached_body(home, etag)
+    if body is not None:
+        resp = pixels.PixelResponse(body, pixels.media_type(params), {})
+    else:
+        resp = await run_in_threadpool(
+            pixels.rendered_frame, px.reads, px.runtime.blobs, home, item, params, etag
+        )
+    await _note_read(px, "rendered")
     return _pixel_response(resp, etag)
 
 
 @router.get("/items/{item_id}/frames/{n}/raw", response_class=Response)
-def raw_frame(
+async def raw_frame(
     n: int,
-    access: CanRead,
-    actor: ActorDep,
-    session: SessionDep,
-    rt: RuntimeDep,
+    px: Pixels,
     plane: Literal["axial", "coronal", "sagittal"] = "axial",
     if_none_match: Annotated[str | None, Header()] = None,
 ) -> Response:
     """Rescaled (modality) values of frame/plane ``n`` as little-endian int16 or float32
     (``X-Dtype``, ``X-Shape`` rows,columns, ``X-Spacing``)."""
-    item = _viewable(access)
+    item = _visible(px)
     params = pixels.RenderParams(frame=n, plane=plane)
     etag = pixels.etag_for(item, "raw", params)
-    home = rt.settings.home
+    home = px.runtime.settings.home
     if pixels.etag_matches(if_none_match, etag):
-        pixels.note_read(session, actor, item, "raw", home=home)
+        await _note_read(px, "raw")
         return _pixel_response(None, etag, not_modified=True)
-    session.commit()  # release the database before decoding
-    resp = pixels.raw_frame(rt.sessions, rt.blobs, home, item, params)
-    pixels.note_read(session, actor, item, "raw", home=home)
+    resp = await run_in_threadpool(pixels.raw_frame, px.reads, px.runtime.blobs, home, item, params)
+    await _note_read(px, "raw")
     return _pixel_response(resp, etag)
 
 
 @router.get("/items/{item_id}/dzi", response_class=Response)
-def dzi(access: CanRead, actor: ActorDep, session: SessionDep, rt: RuntimeDep) -> Response:
+async def dzi(px: Pixels) -> Response:
     """The Deep Zoom descriptor (XML) of a slide."""
-    item = _viewable(access)
+    item = _visible(px)
     body = pixels.dzi_descriptor(item)
-    pixels.note_read(session, actor, item, "dzi", home=rt.settings.home)
+    await _note_read(px, "dzi")
     return Response(
         content=body,
         media_type="application/xml",
@@ -269,26 +296,26 @@ def dzi(access: CanRead, actor: ActorDep, session: SessionDep, rt: RuntimeDep) -
 
 
 @router.get("/items/{item_id}/tiles/{level}/{col}_{row}.jpeg", response_class=Response)
-def tile(
+async def tile(
     level: int,
     col: int,
     row: int,
-    access: CanRead,
-    actor: ActorDep,
-    session: SessionDep,
-    rt: RuntimeDep,
+    px: Pixels,
     if_none_match: Annotated[str | None, Header()] = None,
 ) -> Response:
     """One Deep Zoom tile (JPEG)."""
-    item = _viewable(access)
+    item = _visible(px)
     etag = pixels.etag_for(item, "tile", (level, col, row))
-    home = rt.settings.home
+    home = px.runtime.settings.home
     if pixels.etag_matches(if_none_match, etag):
-        pixels.note_read(session, actor, item, "tile", home=home)
+        await _note_read(px, "tile")
         return _pixel_response(None, etag, not_modified=True)
-    session.commit()  # release the database before reading the slide
-    resp = pixels.dzi_tile(rt.blobs, home, item, level, col, row, etag)
-    pixels.note_read(session, actor, item, "tile", home=home)
+    body = pixels.cached_body(home, etag)
+    if body is not None:
+        resp = pixels.PixelResponse(body, "image/jpeg", {})
+    else:
+        resp = await run_in_threadpool(pixels.dzi_tile, px.runtime.blobs, home, item, level, col, row, etag)
+    await _note_read(px, "tile")
     return _pixel_response(resp, etag)
 
 
@@ -321,11 +348,23 @@ def clear_quarantine(
 
 @router.post("/projects/{project_id}/quarantine/{qid}/reject", response_model=QuarantineRead)
 def reject_quarantine(
-    qid: int, body: QuarantineDecision, access: CanImport, actor: ActorDep, session: SessionDep
+    qid: int,
+    body: QuarantineDecision,
+    access: CanImport,
+    actor: ActorDep,
+    session: SessionDep,
+    rt: RuntimeDep,
 ) -> QuarantineRead:
-    """Keep a held image out for good (its item becomes rejected)."""
+    """Keep a held image out for good (its item becomes rejected; its stored files that no other
+    item uses are deleted once the decision is committed)."""
     e = items.decide_quarantine(
-        session, actor, project_id=access.project.id, qid=qid, decision="reject", note=body.note
+        session,
+        actor,
+        project_id=access.project.id,
+        qid=qid,
+        decision="reject",
+        note=body.note,
+        blobs=rt.blobs,
     )
     return QuarantineRead.model_validate(e)
 

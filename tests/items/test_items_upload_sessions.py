@@ -1,0 +1,248 @@
+"""Upload sessions: files PUT one by one (prepared at once), then committed as one import.
+
+The reference is the multipart import of the same files (tests/items/test_items_ingest.py checks
+that one against pydicom and the source arrays): the same items, byte-identical stored
+(de-identified) files and the same report."""
+
+from __future__ import annotations
+
+import io
+from datetime import timedelta
+from pathlib import Path
+
+import pydicom
+import pytest
+from pydicom.data import get_testdata_file
+from sqlalchemy import func, select
+
+from medlabel import clock
+from medlabel.items import ingest
+from medlabel.items import upload_sessions as service
+from medlabel.items.models import Instance, Item, Study, UploadSession
+from medlabel.items.stores import project_secret
+from medlabel.jobs import service as jobs
+from medlabel.storage.db import session_scope
+
+from ..foundation.helpers import make_project, make_user, session_headers
+from .factories import PATIENT_ID, by_name, ct_series, import_via_api, run_job
+
+
+@pytest.fixture
+def team(runtime):
+    uid = make_user(runtime, "boss")
+    make_user(runtime, "other")
+    pid = make_project(runtime, "Sessions", {"boss": ["manager"], "other": ["manager"]})
+    return pid, session_headers(runtime, uid)
+
+
+def _open(client, h, pid) -> str:
+    r = client.post(f"/api/v1/projects/{pid}/uploads", headers=h)
+    assert r.status_code == 201, r.text
+    assert set(r.json()) >= {"id", "expires_at"}
+    return f"/api/v1/projects/{pid}/uploads/{r.json()['id']}"
+
+
+def _put(client, h, url, name, data, ctype="application/dicom"):
+    return client.put(f"{url}/files/{name}", headers={**h, "Content-Type": ctype}, content=data)
+
+
+def _commit(client, rt, h, url) -> dict:
+    r = client.post(f"{url}/commit", headers=h)
+    assert r.status_code == 202, r.text
+    return run_job(rt, r.json()["id"])
+
+
+def _rows(rt, pid):
+    with session_scope(rt.sessions) as s:
+        return tuple(
+            s.scalar(select(func.count(m.id)).where(m.project_id == pid)) for m in (Item, Instance, Study)
+        )
+
+
+def _staging(rt) -> list[Path]:
+    root = service.staging_root(rt.settings.home)
+    return [p for p in root.rglob("*") if p.is_file()] if root.exists() else []
+
+
+def _lines(result):
+    return sorted((f["name"], f["status"], f.get("code", ""), f.get("message", "")) for f in result["files"])
+
+
+def test_session_import_equals_the_multipart_import(client, runtime, team, tmp_path, monkeypatch):
+    pid, h = team
+    other = make_project(runtime, "Reference", {"boss": ["manager"]})
+    # one project secret for both projects: the same UIDs, pseudonyms and date offsets, so the
+    # de-identified files of both imports must be byte-identical
+    monkeypatch.setattr(ingest, "project_secret", lambda key, _pid: project_secret(key, 999))
+    paths, _ = ct_series(tmp_path / "ct", slices=8)
+    broken = tmp_path / "broken.dcm"
+    broken.write_bytes(paths[0].read_bytes()[:-500])  # truncated pixel data
+    files = [*paths, broken]
+    reference = import_via_api(client, runtime, h, other, files)
+    assert reference["counts"] == {"imported": 8, "error": 1}
+
+    url = _open(client, h, pid)
+    answers = {}
+    for p in [paths[3], paths[5], broken, *paths]:  # two of them twice (re-sent after a "drop")
+        r = _put(client, h, url, p.name, p.read_bytes())
+        assert r.status_code == 200, r.text
+        answers[p.name] = r.json()
+    assert answers["broken.dcm"]["status"] == "error" and answers["broken.dcm"]["code"] == "dicom_error"
+    assert "Pixel Data" in answers["broken.dcm"]["message"]
+    assert {answers[p.name]["status"] for p in paths} == {"prepared"}
+    listed = client.get(url, headers=h).json()
+    assert listed["status"] == "open" and listed["counts"] == {"prepared": 8, "error": 1}
+    assert sorted(f["name"] for f in listed["files"]) == sorted(p.name for p in files)
+    # only de-identified files are kept: no original, nothing identifying, one file per name
+    staged = _staging(runtime)
+    assert not [p for p in staged if p.parent.name == "incoming"]
+    data = [p for p in staged if p.parent.name == "data"]
+    assert len(data) == 8
+    for p in data:
+        raw = p.read_bytes()
+        assert PATIENT_ID.encode() not in raw and b"Doe" not in raw
+
+    result = _commit(client, runtime, h, url)
+    assert result["counts"] == reference["counts"]
+    assert _lines(result) == _lines(reference)
+    assert _staging(runtime) == []
+    # the same items, instances and stored files
+    with session_scope(runtime.sessions) as s:
+
+        def items(project):
+            out = []
+            for it in s.scalars(select(Item).where(Item.project_id == project)).all():
+                blobs = s.scalars(
+                    select(Instance.blob_sha256).where(Instance.item_id == it.id).order_by(Instance.slice_index)
+                ).all()
+                out.append(
+                    (it.kind, it.frames, it.width, it.height, it.status, it.study_uid, it.series_uid)
+                    + (it.patient_pseudonym, it.dedup_key, it.meta, list(blobs))
+                )
+            return out
+
+        ours, theirs = items(pid), items(other)
+    assert ours == theirs and len(ours) == 1 and len(ours[0][-1]) == 8
+    ds = pydicom.dcmread(io.BytesIO(runtime.blobs.get(ours[0][-1][0])))
+    assert ds.PatientIdentityRemoved == "YES" and ds.PatientID.startswith("ANON-")
+    # committed: no more files, no second commit
+    assert client.post(f"{url}/commit", headers=h).status_code == 409
+    r = _put(client, h, url, "late.dcm", paths[0].read_bytes())
+    assert r.status_code == 409 and r.json()["error"]["code"] == "conflict"
+
+
+def test_truncated_file_fails_at_put_and_the_rest_commits(client, runtime, team, tmp_path):
+    pid, h = team
+    paths, _ = ct_series(tmp_path / "ct", slices=3)
+    url = _open(client, h, pid)
+    r = _put(client, h, url, "MR_truncated.dcm", Path(get_testdata_file("MR_truncated.dcm")).read_bytes())
+    assert r.status_code == 200 and r.json()["status"] == "error" and r.json()["code"] == "dicom_error"
+    r = _put(client, h, url, "notes.txt", b"not an image at all", "application/octet-stream")
+    assert r.json()["status"] == "error" and r.json()["code"] == "unsupported_media"
+    r = _put(client, h, url, "x.dcm", paths[0].read_bytes(), "text/plain")
+    assert r.status_code == 415
+    for p in paths:
+        assert _put(client, h, url, p.name, p.read_bytes()).json()["status"] == "prepared"
+    result = _commit(client, runtime, h, url)
+    files = by_name(result)
+    assert result["counts"] == {"imported": 3, "error": 2}
+    assert files["MR_truncated.dcm"]["code"] == "dicom_error"
+    url2 = _open(client, h, pid)  # a file already in the project is a duplicate at once
+    r = _put(client, h, url2, paths[1].name, paths[1].read_bytes())
+    assert r.json()["status"] == "duplicate"
+
+
+def test_another_users_session_is_404(client, runtime, team, tmp_path):
+    pid, h = team
+    url = _open(client, h, pid)
+    other = session_headers(runtime, 2)  # a manager of the same project
+    data = Path(get_testdata_file("CT_small.dcm")).read_bytes()
+    assert client.get(url, headers=other).status_code == 404
+    assert _put(client, other, url, "a.dcm", data).status_code == 404
+    assert client.post(f"{url}/commit", headers=other).status_code == 404
+    assert client.delete(url, headers=other).status_code == 404
+    # nor through another project
+    elsewhere = make_project(runtime, "Elsewhere", {"boss": ["manager"]})
+    assert client.get(url.replace(f"/projects/{pid}/", f"/projects/{elsewhere}/"), headers=h).status_code == 404
+    assert client.get(url, headers=h).status_code == 200
+    assert client.post(f"{url}/commit", headers=h).status_code == 422  # nothing uploaded
+
+
+def test_abandoned_session_leaves_nothing(client, runtime, team, tmp_path):
+    pid, h = team
+    paths, _ = ct_series(tmp_path / "ct", slices=3)
+    url = _open(client, h, pid)
+    for p in paths:
+        assert _put(client, h, url, p.name, p.read_bytes()).json()["status"] == "prepared"
+    assert _staging(runtime)
+    assert client.delete(url, headers=h).status_code == 204
+    assert _staging(runtime) == []
+    assert not list(service.staging_root(runtime.settings.home).iterdir())
+    assert client.get(url, headers=h).status_code == 404
+    assert _rows(runtime, pid) == (0, 0, 0)
+    with session_scope(runtime.sessions) as s:
+        assert s.scalar(select(func.count(UploadSession.id))) == 0
+    assert list(runtime.blobs.digests()) == []
+
+
+def test_expired_sessions_are_removed(client, runtime, team, tmp_path, monkeypatch):
+    pid, h = team
+    monkeypatch.setenv(service.TTL_ENV, "0.1")  # 6 minutes (idle logoff is later)
+    paths, _ = ct_series(tmp_path / "ct", slices=2)
+    url = _open(client, h, pid)
+    kept = _open(client, h, pid)
+    assert _put(client, h, url, paths[0].name, paths[0].read_bytes()).json()["status"] == "prepared"
+    clock.set_offset(timedelta(minutes=4))
+    assert _put(client, h, kept, paths[1].name, paths[1].read_bytes()).json()["status"] == "prepared"
+    clock.set_offset(timedelta(minutes=7))  # past the first one's TTL; the second was extended
+    assert client.get(url, headers=h).status_code == 404
+    assert client.get(kept, headers=h).status_code == 200
+    clock.set_offset(timedelta(minutes=20))
+    with session_scope(runtime.sessions) as s:
+        assert service.reap_expired(s, runtime.settings.home) == 1
+    assert _staging(runtime) == []
+
+
+def test_a_failed_commit_stores_nothing_and_can_be_retried(client, runtime, team, tmp_path, monkeypatch):
+    pid, h = team
+    paths, _ = ct_series(tmp_path / "ct", slices=4)
+    url = _open(client, h, pid)
+    for p in paths:
+        _put(client, h, url, p.name, p.read_bytes())
+
+    class Broken:
+        @staticmethod
+        def record(*a, **kw):
+            raise RuntimeError("disk full while auditing")
+
+    real = ingest.audit
+    monkeypatch.setattr(ingest, "audit", Broken)  # fails inside the item's transaction
+    r = client.post(f"{url}/commit", headers=h)
+    assert r.status_code == 202
+    jobs.execute_job(runtime, r.json()["id"])
+    with session_scope(runtime.sessions) as s:
+        assert jobs.get_job(s, r.json()["id"]).state == "failed"
+    assert _rows(runtime, pid) == (0, 0, 0)
+    assert client.get(url, headers=h).json()["status"] == "failed"
+    assert len([p for p in _staging(runtime) if p.parent.name == "data"]) == 4
+    assert _put(client, h, url, "more.dcm", paths[0].read_bytes()).status_code == 409
+    monkeypatch.setattr(ingest, "audit", real)
+    result = _commit(client, runtime, h, url)
+    assert result["counts"] == {"imported": 4}
+    assert _rows(runtime, pid) == (1, 4, 1)
+    assert client.get(url, headers=h).json()["status"] == "done"
+    assert client.post(f"{url}/commit", headers=h).status_code == 409
+
+
+def test_a_file_over_the_json_body_limit_is_taken(client, runtime, team, tmp_path):
+    """Raw PUT bodies get the upload limit (MEDLABEL_MAX_UPLOAD_BYTES), not the 1 MiB JSON one,
+    and only on this route."""
+    pid, h = team
+    (path,), _ = ct_series(tmp_path / "big", slices=1, rows=760, cols=760)
+    data = path.read_bytes()
+    assert len(data) > runtime.settings.max_body_bytes
+    url = _open(client, h, pid)
+    r = _put(client, h, url, path.name, data)
+    assert r.status_code == 200 and r.json()["status"] == "prepared", r.text
+    r = client.post(f"/api/v1/projects/{pid}/uploads", headers={**h, "Content-Type": "application/octet-stream"}, content=data)
+    assert r.status_code == 413
