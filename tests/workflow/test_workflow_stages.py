@@ -104,6 +104,8 @@ def test_every_path_ends_in_done() -> None:
         ({"gold_rate": 2}, "gold_rate"),
         ({"overlap_k": 1}, "at least 2"),
         ({"lease_seconds": 0}, "lease_seconds"),
+        ({"active_gap_seconds": 0}, "active_gap_seconds is 0"),
+        ({"active_gap_seconds": 3601}, "active_gap_seconds is 3601"),
     ],
 )
 def test_config_is_checked(kwargs: dict, needle: str) -> None:
@@ -121,6 +123,7 @@ def test_config_round_trips_and_refuses_unknown_keys() -> None:
         gold_rate=0.05,
         lease_seconds=600,
         feedback_on_gold=False,
+        active_gap_seconds=45,
     )
     assert WorkflowConfig.from_dict(c.to_dict()) == c
     with pytest.raises(InvalidInput, match="unknown key"):
