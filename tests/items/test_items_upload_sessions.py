@@ -93,11 +93,12 @@ def test_session_import_equals_the_multipart_import(client, runtime, team, tmp_p
     listed = client.get(url, headers=h).json()
     assert listed["status"] == "open" and listed["counts"] == {"prepared": 8, "error": 1}
     assert sorted(f["name"] for f in listed["files"]) == sorted(p.name for p in files)
-    # only de-identified files are kept: no original, nothing identifying, one file per name
+    # only de-identified files are kept: no original, nothing identifying; a name sent again
+    # leaves its earlier prepared file until the session ends (the latest entry wins)
     staged = _staging(runtime)
     assert not [p for p in staged if p.parent.name == "incoming"]
     data = [p for p in staged if p.parent.name == "data"]
-    assert len(data) == 8
+    assert len(data) == 8 + 2
     for p in data:
         raw = p.read_bytes()
         assert PATIENT_ID.encode() not in raw and b"Doe" not in raw
@@ -246,3 +247,68 @@ def test_a_file_over_the_json_body_limit_is_taken(client, runtime, team, tmp_pat
     assert r.status_code == 200 and r.json()["status"] == "prepared", r.text
     r = client.post(f"/api/v1/projects/{pid}/uploads", headers={**h, "Content-Type": "application/octet-stream"}, content=data)
     assert r.status_code == 413
+
+
+def test_the_latest_entry_of_a_name_wins_across_journals(client, runtime, team, tmp_path):
+    """Each server process appends to its own journal; a name sent again (to any process)
+    replaces the earlier file, a record cut short by a crash reads as never sent, and entry
+    files of the version before the journals are still read."""
+    pid, h = team
+    paths, _ = ct_series(tmp_path / "ct", slices=3)
+    url = _open(client, h, pid)
+    upload_id = url.rsplit("/", 1)[1]
+    home = runtime.settings.home
+    folder = service.staging_root(home) / upload_id
+    assert _put(client, h, url, "a.dcm", paths[0].read_bytes()).json()["status"] == "prepared"
+    (first,) = service._entries(home, upload_id)
+    # another process (its own journal) takes a.dcm again, later: that one wins
+    other = service._Journals()
+    later = service._Entry("a.dcm", service.FileResult("a.dcm", "error", "replaced", "x"), None, clock.now(), "", first.seq + 1)
+    other.append(folder, upload_id, service._record(later))
+    (entry,) = service._entries(home, upload_id)
+    assert entry.result.message == "replaced"
+    # ... unless its record was cut short by a crash: then the earlier one stands
+    journal = next(p for p in (folder / "files").iterdir() if other._token in p.name)
+    journal.write_bytes(journal.read_bytes()[:-3])
+    (entry,) = service._entries(home, upload_id)
+    assert entry.result.status == "prepared" and entry.seq == first.seq
+    # an entry file written before the journals existed
+    legacy = service._Entry("old.dcm", service.FileResult("old.dcm", "skipped", "legacy"), None, clock.now(), "")
+    del legacy.seq  # pickled by the older version of the class: no seq at all
+    (folder / "files" / "0123.entry").write_bytes(__import__("pickle").dumps(legacy))
+    names = {e.uploaded_name: e.result.status for e in service._entries(home, upload_id)}
+    assert names == {"a.dcm": "prepared", "old.dcm": "skipped"}
+    other.forget(upload_id)
+    # the commit imports exactly what the entries say
+    assert _put(client, h, url, "b.dcm", paths[1].read_bytes()).json()["status"] == "prepared"
+    result = _commit(client, runtime, h, url)
+    assert result["counts"] == {"imported": 2, "skipped": 1}
+
+
+def test_a_put_takes_no_write_turn(client, runtime, team, tmp_path):
+    """A PUT reads (access, duplicate check) without SQLite's write turn, so files keep coming
+    in while another transaction writes; only a new patient's pseudonym is a write."""
+    pid, h = team
+    paths, _ = ct_series(tmp_path / "ct", slices=3)
+    url = _open(client, h, pid)
+    assert _put(client, h, url, paths[0].name, paths[0].read_bytes()).json()["status"] == "prepared"
+    with runtime.sessions() as s, s.begin():
+        s.execute(select(func.count(Item.id)))  # BEGIN IMMEDIATE on SQLite: the write turn is held
+        for p in paths[1:]:
+            r = _put(client, h, url, p.name, p.read_bytes())
+            assert r.status_code == 200 and r.json()["status"] == "prepared", r.text
+
+
+def test_a_member_removed_cannot_put_any_more(client, runtime, team, tmp_path):
+    """The PUT's access facts are cached, but a change in this process applies at once."""
+    from medlabel.accounts.service import SYSTEM
+    from medlabel.projects import service as projects
+    from medlabel.storage.models import Project
+
+    pid, h = team
+    paths, _ = ct_series(tmp_path / "ct", slices=2)
+    url = _open(client, h, pid)
+    assert _put(client, h, url, paths[0].name, paths[0].read_bytes()).status_code == 200
+    with session_scope(runtime.sessions) as s:
+        projects.remove_member(s, SYSTEM, s.get(Project, pid), "boss", "manager")
+    assert _put(client, h, url, paths[1].name, paths[1].read_bytes()).status_code == 404

@@ -30,6 +30,7 @@ from medlabel.accounts.service import Actor
 from medlabel.errors import Forbidden, NotFound, Unauthorized
 from medlabel.items import pixels, upload_sessions
 from medlabel.items.models import Item
+from medlabel.items.settings import DeidSettings, cached_deid_settings, remember_deid_settings
 from medlabel.projects import service as projects
 from medlabel.projects.service import ProjectAccess
 from medlabel.runtime import Runtime
@@ -54,6 +55,8 @@ __all__ = [
     "ItemAccess",
     "upload_permission",
     "UploadAccess",
+    "upload_put",
+    "UploadPut",
     "item_pixels",
     "PixelAccess",
     "read_sessions",
@@ -214,6 +217,80 @@ def upload_permission(permission: Permission) -> Callable[..., UploadAccess]:
 
     dep.__name__ = f"upload_{permission.name.lower()}"
     return _mark(dep, Rule("project", permission))
+
+
+@dataclass(frozen=True)
+class UploadPut:
+    """What a PUT of a file into an upload session needs: the session, the actor and the
+    project's de-identification settings (plain values)."""
+
+    upload: upload_sessions.SessionRef
+    actor: Actor
+    settings: DeidSettings
+
+
+def upload_put(permission: Permission) -> Callable[..., Awaitable[UploadPut]]:
+    """``upload_permission`` for the PUT of a file, where per-file overhead is the cost: the same
+    checks and answers (401; 404 for non-members, other users' and expired sessions; 403), from
+    the in-process caches without a query or a write turn when the session token, the roles, the
+    project's settings and the upload session are cached; otherwise in one thread-pool call with
+    read-only sessions (a writing transaction only to record an expiry)."""
+
+    async def dep(
+        request: Request,
+        project_id: Annotated[int, Path(ge=1)],
+        upload_id: Annotated[str, Path(min_length=1, max_length=64)],
+    ) -> UploadPut:
+        rt: Runtime = request.app.state.runtime
+        token = session_token(request)
+        if not token:
+            raise Unauthorized(_NOT_LOGGED_IN)
+        ip = client_ip(request)
+        check = accounts.cached_session(rt.engine, rt.settings, token, ip=ip)
+        found = _upload_put_cached(rt, check, project_id, upload_id, permission) if check is not None else None
+        if found is None:
+            return await run_in_threadpool(_upload_put_access, rt, token, ip, project_id, upload_id, permission)
+        if check is not None and accounts.claim_touch(check):
+            await run_in_threadpool(accounts.touch_session, rt.sessions, check)
+        return found
+
+    dep.__name__ = f"upload_put_{permission.name.lower()}"
+    return _mark(dep, Rule("project", permission))
+
+
+def _upload_put_cached(
+    rt: Runtime, check: accounts.SessionCheck, project_id: int, upload_id: str, permission: Permission
+) -> UploadPut | None:
+    roles = projects.cached_roles(rt.engine, project_id, check.actor.user_id)
+    if roles is None or projects.allowed(check.actor, roles, permission) is None:
+        return None  # not cached, or a refusal: the database path words the answer
+    settings = cached_deid_settings(rt.engine, project_id)
+    ref = upload_sessions.cached_session_ref(rt.engine, check.actor, project_id=project_id, upload_id=upload_id)
+    if settings is None or ref is None:
+        return None
+    return UploadPut(ref, check.actor, settings)
+
+
+def _upload_put_access(
+    rt: Runtime, token: str, ip: str, project_id: int, upload_id: str, permission: Permission
+) -> UploadPut:
+    reads = read_sessions(rt)
+    with reads() as s:
+        check = accounts.peek_session(s, rt.settings, token, ip=ip)
+    if check is None:  # maybe expired: resolve_session records it and answers
+        with session_scope(rt.sessions) as s:
+            actor = accounts.resolve_actor(s, rt.settings, token, ip=ip)
+    else:
+        actor = check.actor
+        if accounts.claim_touch(check):
+            accounts.touch_session(rt.sessions, check)
+    with reads() as s, rt.sessions() as writer:
+        access = projects.require_project(s, actor, project_id, permission)
+        settings = remember_deid_settings(s, access.project)
+        ref = upload_sessions.get_session(
+            s, actor, project_id=project_id, upload_id=upload_id, home=rt.settings.home, writer=writer
+        )
+    return UploadPut(ref, actor, settings)
 
 
 def object_rule(permission: Permission) -> Callable[..., Awaitable[Actor]]:

@@ -27,8 +27,10 @@ from typing import Any, BinaryIO, TypeVar
 import numpy as np
 import pydicom
 from pydicom import pixels as pdpixels
+from pydicom.datadict import tag_for_keyword
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
+from pydicom.tag import BaseTag
 from pydicom.uid import UID
 
 from medlabel.errors import DicomError, InvalidInput, UnsupportedMedia
@@ -115,12 +117,26 @@ def open_dataset(
     return ds
 
 
+_KEYWORD_TAGS: dict[str, BaseTag] = {}
+
+
+def _tag_of(keyword: str) -> BaseTag:
+    found = _KEYWORD_TAGS.get(keyword)
+    if found is None:
+        number = tag_for_keyword(keyword)
+        if number is None:
+            raise KeyError(keyword)
+        found = _KEYWORD_TAGS[keyword] = BaseTag(number)
+    return found
+
+
 def _get(ds: Dataset, keyword: str, tag: str, conv: Callable[[Any], _T], default: _T) -> _T:
     """Read one element, naming the tag when its value cannot be converted."""
     try:
-        if keyword not in ds:
+        number = _tag_of(keyword)  # a tag, not a keyword: pydicom looks keywords up on every access
+        if number not in ds:
             return default
-        value = ds[keyword].value
+        value = ds[number].value
     except (ValueError, TypeError, KeyError, OverflowError) as exc:
         raise DicomError(f"{tag} {keyword}: unreadable value ({exc})") from exc
     if value is None or value == "":

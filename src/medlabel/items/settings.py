@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy.orm import Session
 
 from medlabel.deid import IMPLEMENTED_OPTIONS
+from medlabel.storage.cache import RowCache
 from medlabel.storage.models import Project
 
-__all__ = ["DeidSettings", "DEFAULT_DEID_OPTIONS", "deid_settings"]
+__all__ = ["DeidSettings", "DEFAULT_DEID_OPTIONS", "deid_settings", "cached_deid_settings", "remember_deid_settings"]
 
 #: Options on by default: dates shifted per patient, characteristics kept, descriptors cleaned.
 DEFAULT_DEID_OPTIONS: tuple[str, ...] = (
@@ -39,3 +43,21 @@ def deid_settings(project: Project) -> DeidSettings:
         else DEFAULT_DEID_OPTIONS,
         reason=str(raw.get("reason", "")),
     )
+
+
+_cache = RowCache("project_deid", {Project: lambda p: [p.id]})
+"""project id -> DeidSettings, for a couple of seconds (``medlabel.storage.cache``): a change of
+the project in this process drops the entry at once, other processes see it within the TTL."""
+
+
+def cached_deid_settings(engine: Any, project_id: int) -> DeidSettings | None:
+    """The project's settings from the in-process cache (no database), or None."""
+    found: DeidSettings | None = _cache.get(engine, project_id)
+    return found
+
+
+def remember_deid_settings(session: Session, project: Project) -> DeidSettings:
+    """:func:`deid_settings` of a project read through ``session``, cached for the next requests."""
+    found = deid_settings(project)
+    _cache.put(session, project.id, found)
+    return found

@@ -7,8 +7,9 @@ the preparation step of every import), and only the de-identified file is kept, 
 session's staging folder ``$MEDLABEL_HOME/upload-sessions/<id>/``:
 
 * ``data/``: the prepared (de-identified) files;
-* ``files/<hash of the name>.entry``: one entry per uploaded name (its result, and what storing
-  needs), replaced atomically when the same name is PUT again;
+* ``files/<process>.journal``: the entries (each file's result, and what storing needs), appended
+  by each server process to its own journal; the latest entry of a name wins, so the same name
+  PUT again replaces the earlier file;
 * ``incoming/``: originals while they are received and prepared (deleted right after).
 
 The commit queues an ``items.import_session`` job that groups and stores the prepared files
@@ -28,15 +29,20 @@ import logging
 import os
 import pickle
 import shutil
+import struct
+import threading
+import time
 import uuid
-from collections.abc import Callable, Iterator
+import zlib
+from collections import OrderedDict
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import delete, select, update
+from sqlalchemy import bindparam, delete, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from medlabel import clock
@@ -57,6 +63,7 @@ from medlabel.items.unpack import FileReport, ImportReport, IngestLimits, displa
 from medlabel.jobs import service as jobs
 from medlabel.security.rbac import GlobalRole
 from medlabel.storage.blobs import BlobStore
+from medlabel.storage.cache import RowCache
 from medlabel.storage.models import Job, Project
 
 __all__ = [
@@ -69,6 +76,7 @@ __all__ = [
     "staging_root",
     "create_session",
     "get_session",
+    "cached_session_ref",
     "list_files",
     "receive_path",
     "check_name",
@@ -121,6 +129,26 @@ def session_ref(row: UploadSession) -> SessionRef:
     return SessionRef(row.id, row.project_id, row.created_by, row.status, row.expires_at, row.job_id)
 
 
+_refs_cache = RowCache("upload_sessions", {UploadSession: lambda row: [row.id]})
+"""upload id -> SessionRef, for a couple of seconds (``medlabel.storage.cache``), for the PUTs.
+A stale entry is harmless: a PUT records its file only under the session's file lock and after
+checking the commit marker (409), and a removed session has no folder (404)."""
+
+
+def cached_session_ref(engine: Any, actor: Actor, *, project_id: int, upload_id: str) -> SessionRef | None:
+    """What :func:`get_session` would answer, from the in-process cache (no database), or None
+    when the database must be asked (not cached, not the actor's, or maybe expired)."""
+    ref: SessionRef | None = _refs_cache.get(engine, upload_id)
+    if (
+        ref is None
+        or ref.project_id != project_id
+        or (ref.created_by != actor.user_id and actor.role != GlobalRole.ADMIN.value)
+        or ref.expires_at <= clock.now()
+    ):
+        return None
+    return ref
+
+
 @dataclass(slots=True)
 class FileResult:
     """The outcome of one PUT: ``prepared``, ``duplicate``, ``error`` or ``skipped``."""
@@ -147,7 +175,7 @@ class FileResult:
 
 @dataclass(slots=True)
 class _Entry:
-    """What ``files/<key>.entry`` holds."""
+    """One record of a journal (``files/<process>.journal``)."""
 
     uploaded_name: str
     result: FileResult
@@ -155,6 +183,8 @@ class _Entry:
     put_at: Any
     boot: str = ""
     """The kernel's boot id when the file was written (not fsync'd then; see ``run_commit``)."""
+    seq: int = 0
+    """When it was recorded (ns since the epoch): of two entries of a name, the later wins."""
 
 
 def _boot_id() -> str:
@@ -221,7 +251,9 @@ def get_session(
             _remove(w, found, home)
         w.commit()  # kept although the request fails with the 404 below
         raise NotFound(f"upload session {upload_id!r} expired at {when} and was removed")
-    return session_ref(row)
+    ref = session_ref(row)
+    _refs_cache.put(session, upload_id, ref)
+    return ref
 
 
 def _expired(session: Session, row: UploadSession) -> bool:
@@ -235,6 +267,7 @@ def _expired(session: Session, row: UploadSession) -> bool:
 
 def _remove(session: Session, row: UploadSession, home: Path) -> None:
     session.execute(delete(UploadSession).where(UploadSession.id == row.id))
+    _JOURNALS.forget(row.id)
     shutil.rmtree(_folder(home, row.id), ignore_errors=True)
 
 
@@ -288,29 +321,122 @@ def _marked(home: Path, upload_id: str) -> bool:
 _MARKER = "committed"
 
 
-def _key(name: str) -> str:
-    return hashlib.sha256(name.encode("utf-8", "surrogatepass")).hexdigest()[:40]
+_LEGACY_SUFFIX = ".entry"  # one pickle per name (before the journals); still read
+_JOURNAL_SUFFIX = ".journal"
+_RECORD = struct.Struct("<II")  # a journal record: payload length, CRC-32 of the payload
+
+
+def _record(entry: _Entry) -> bytes:
+    payload = pickle.dumps(entry, protocol=pickle.HIGHEST_PROTOCOL)
+    return _RECORD.pack(len(payload), zlib.crc32(payload)) + payload
+
+
+class _Journals:
+    """This process's journal of each session it took files for, kept open for appending.
+
+    One record per PUT, written with one ``write`` under a lock (appends of this process never
+    interleave; other processes have their own journal). A record cut short by a crash fails its
+    length or CRC check and ends that journal's reading: the file it described reads as never
+    sent. Not fsync'd, like the prepared files (see ``_intact``)."""
+
+    _MAX_OPEN = 32
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._open: OrderedDict[str, int] = OrderedDict()
+        self._pid = os.getpid()
+        self._token = uuid.uuid4().hex[:12]
+
+    def append(self, folder: Path, upload_id: str, record: bytes) -> None:
+        with self._lock:
+            if self._pid != os.getpid():  # a forked child: the descriptors are the parent's
+                self._open.clear()
+                self._pid, self._token = os.getpid(), uuid.uuid4().hex[:12]
+            fd = self._open.get(upload_id)
+            if fd is None:
+                path = folder / "files" / f"{self._pid}-{self._token}{_JOURNAL_SUFFIX}"
+                fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+                self._open[upload_id] = fd
+                while len(self._open) > self._MAX_OPEN:
+                    os.close(self._open.popitem(last=False)[1])
+            else:
+                self._open.move_to_end(upload_id)
+            view = memoryview(record)
+            while view:
+                view = view[os.write(fd, view) :]
+
+    def forget(self, upload_id: str) -> None:
+        with self._lock:
+            fd = self._open.pop(upload_id, None)
+            if fd is not None and self._pid == os.getpid():
+                os.close(fd)
+
+
+_JOURNALS = _Journals()
+
+
+def _read_journal(path: Path) -> Iterator[_Entry]:
+    try:
+        data = path.read_bytes()
+    except OSError:
+        return
+    at = 0
+    while at + _RECORD.size <= len(data):
+        size, crc = _RECORD.unpack_from(data, at)
+        payload = data[at + _RECORD.size : at + _RECORD.size + size]
+        if len(payload) != size or zlib.crc32(payload) != crc:
+            log.warning("journal %s: record at byte %d is cut short or damaged; the rest is ignored", path, at)
+            return
+        at += _RECORD.size + size
+        try:
+            entry = pickle.loads(payload)  # noqa: S301  (written by _record into the server's own folder)
+        except (pickle.UnpicklingError, EOFError, AttributeError, ValueError):
+            continue
+        if isinstance(entry, _Entry):
+            yield entry
 
 
 def _load(path: Path) -> _Entry | None:
     try:
         with open(path, "rb") as fh:
-            entry = pickle.load(fh)  # noqa: S301  (written by _save into the server's own folder)
+            entry = pickle.load(fh)  # noqa: S301  (written by this module into the server's own folder)
     except (OSError, EOFError, pickle.UnpicklingError):
         return None
     return entry if isinstance(entry, _Entry) else None
 
 
 def _entries(home: Path, upload_id: str) -> list[_Entry]:
+    """The latest entry of every name (journals, and entry files of an older version)."""
     folder = _folder(home, upload_id) / "files"
+    latest: dict[str, tuple[int, int, _Entry]] = {}
+    order = 0
+    for p in sorted(folder.iterdir()) if folder.is_dir() else []:
+        if p.suffix == _JOURNAL_SUFFIX:
+            found: Iterable[_Entry] = _read_journal(p)
+        elif p.suffix == _LEGACY_SUFFIX:
+            e = _load(p)
+            found = [e] if e is not None else []
+        else:
+            continue
+        for e in found:
+            order += 1
+            key = (getattr(e, "seq", 0), order)
+            if e.uploaded_name not in latest or key > latest[e.uploaded_name][:2]:
+                latest[e.uploaded_name] = (*key, e)
     out = []
-    for p in sorted(folder.glob("*.entry")) if folder.is_dir() else []:
-        e = _load(p)
-        if e is not None:
-            if e.prepared is not None:  # the folder may have been reached by another path
-                e.prepared.dicom.path = _folder(home, upload_id) / "data" / e.prepared.path.name
-            out.append(e)
+    for _seq, _order, e in latest.values():
+        if e.prepared is not None:  # the folder may have been reached by another path
+            e.prepared.dicom.path = _folder(home, upload_id) / "data" / e.prepared.path.name
+        out.append(e)
     return sorted(out, key=lambda e: (e.result.name, e.uploaded_name))
+
+
+def _any_entry(home: Path, upload_id: str) -> bool:
+    folder = _folder(home, upload_id) / "files"
+    return any(
+        p.suffix == _LEGACY_SUFFIX or (p.suffix == _JOURNAL_SUFFIX and p.stat().st_size > 0)
+        for p in (folder.iterdir() if folder.is_dir() else [])
+    )
 
 
 def list_files(ref: SessionRef, *, home: Path) -> list[FileResult]:
@@ -386,6 +512,13 @@ def check_name(name: str) -> str:
     return display_name(safe_name(name, 0))
 
 
+_KNOWN_UID = (
+    select(Instance.id)
+    .where(Instance.project_id == bindparam("project"), Instance.sop_instance_uid == bindparam("uid"))
+    .limit(1)
+)
+
+
 def put_file(
     ref: SessionRef,
     name: str,
@@ -429,30 +562,23 @@ def put_file(
     try:
         if prepared is not None:
             uid = prepared.sop_instance_uid
-            with (read_sessions or sessions)() as r:
-                known = uid and r.scalar(
-                    select(Instance.id).where(
-                        Instance.project_id == ref.project_id, Instance.sop_instance_uid == uid
-                    )
-                )
+            bind = (read_sessions or sessions).kw["bind"]  # Core: no ORM session per file
+            with bind.connect() as c:
+                known = uid and c.execute(_KNOWN_UID, {"project": ref.project_id, "uid": uid}).scalar()
             if known:
                 result = FileResult(shown, "duplicate", "already imported (same SOP Instance UID)")
                 prepared.path.unlink(missing_ok=True)
                 prepared = None
         now = clock.now()
+        record = _record(_Entry(name, result, prepared, now, _BOOT, time.time_ns()))
         with _locked(home, ref.id, exclusive=False) as there:
             if not there:
                 raise NotFound(f"upload session {ref.id!r} is gone")
             if _marked(home, ref.id):
                 raise Conflict(f"upload session {ref.id!r} is committed; it takes no more files")
-            target = folder / "files" / f"{_key(name)}.entry"
-            old = _load(target)
-            tmp = target.with_suffix(f".{uuid.uuid4().hex}.tmp")
-            with open(tmp, "wb") as fh:
-                pickle.dump(_Entry(name, result, prepared, now, _BOOT), fh, protocol=pickle.HIGHEST_PROTOCOL)
-            os.replace(tmp, target)  # not fsync'd: a machine crash loses (or damages) entries, which read as missing
-        if old is not None and old.prepared is not None and (prepared is None or old.prepared.path != prepared.path):
-            (folder / "data" / old.prepared.path.name).unlink(missing_ok=True)
+            # an earlier file of the same name stays in data/ until the session ends: the
+            # latest entry of a name wins (``_entries``)
+            _JOURNALS.append(folder, ref.id, record)
     except BaseException:
         if prepared is not None:
             prepared.path.unlink(missing_ok=True)
@@ -487,7 +613,7 @@ def commit(session: Session, actor: Actor, ref: SessionRef, *, home: Path) -> Jo
             )
         if not there:
             raise NotFound(f"upload session {ref.id!r} is gone")
-        if not any((_folder(home, ref.id) / "files").glob("*.entry")):
+        if not _any_entry(home, ref.id):
             raise InvalidInput("nothing to import: no files were uploaded to this session")
         job = jobs.create_job(
             session,
@@ -587,6 +713,7 @@ def run_commit(
         _set_status(sessions, upload_id, "failed")
         raise
     _set_status(sessions, upload_id, "done")
+    _JOURNALS.forget(upload_id)
     shutil.rmtree(_folder(home, upload_id), ignore_errors=True)
     progress(99, "done")
     return report

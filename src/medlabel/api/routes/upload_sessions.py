@@ -16,14 +16,15 @@ from medlabel.api.deps import (
     RuntimeDep,
     SessionDep,
     UploadAccess,
+    UploadPut,
     project_permission,
     read_sessions,
     upload_permission,
+    upload_put,
 )
 from medlabel.api.schemas import JobRead
 from medlabel.errors import UnsupportedMedia
 from medlabel.items import upload_sessions as service
-from medlabel.items.settings import deid_settings
 from medlabel.projects.service import ProjectAccess
 from medlabel.security.rbac import Permission
 
@@ -31,6 +32,7 @@ router = APIRouter(tags=["uploads"])
 
 CanImport = Annotated[ProjectAccess, Depends(project_permission(Permission.ITEM_IMPORT))]
 Upload = Annotated[UploadAccess, Depends(upload_permission(Permission.ITEM_IMPORT))]
+UploadFile = Annotated[UploadPut, Depends(upload_put(Permission.ITEM_IMPORT))]
 
 _BODY_TYPES = ("application/dicom", "application/octet-stream")
 _BATCH = 4 << 20  # bytes written per thread hop
@@ -110,9 +112,7 @@ def abandon_upload(up: Upload, session: SessionDep, rt: RuntimeDep) -> Response:
     response_model=UploadFileRead,
     openapi_extra=_RAW_BODY,
 )
-async def put_upload_file(
-    name: str, request: Request, up: Upload, session: SessionDep, rt: RuntimeDep
-) -> UploadFileRead:
+async def put_upload_file(name: str, request: Request, up: UploadFile, rt: RuntimeDep) -> UploadFileRead:
     """One file as the raw body (``application/dicom`` or ``application/octet-stream``). It is
     prepared at once (sniffed, read, pixel-checked, de-identified with the project's settings)
     and the answer is its result; the original is not kept. The same name again replaces that
@@ -126,9 +126,6 @@ async def put_upload_file(
     service.check_name(name)
 
     service.receive_path(up.upload, home=rt.settings.home)  # 409 when no longer open
-    settings = deid_settings(up.access.project)
-    if session.in_transaction():  # the access check queried: end it (on SQLite, the write turn)
-        await run_in_threadpool(session.commit)
     # a file of up to _IN_MEMORY bytes is received and read in memory (no disk write of the
     # original at all); a bigger one goes to the session's incoming/ folder in batches
     chunks: list[bytes] = []
@@ -154,7 +151,7 @@ async def put_upload_file(
             up.upload,
             name,
             original if original is not None else b"".join(chunks),
-            settings=settings,
+            settings=up.settings,
             sessions=rt.sessions,
             secret_key=rt.settings.secret_key,
             home=rt.settings.home,
