@@ -71,6 +71,7 @@ from medlabel.deid.stores import (
 from medlabel.errors import InvalidInput, MedlabelError, NotFound, UnsupportedMedia
 from medlabel.imaging import FileKind, open_slide, read_itk, read_nifti, read_raster, sniff
 from medlabel.imaging.dicom import image_from_dataset, info_from_dataset, open_dataset
+from medlabel.imaging.dicom_encode import encode_dataset
 from medlabel.imaging.dicom_wsi import WSI_SOP_CLASS, open_dicom_slide
 from medlabel.imaging.limits import check_budget
 from medlabel.imaging.model import ImageInfo
@@ -207,7 +208,7 @@ def _prepare_dicom(
         sink.extend(res.warnings)
     info = info_from_dataset(out)
     try:
-        data = _encode(out)
+        data = encode_dataset(out)
     except (ValueError, TypeError, AttributeError, KeyError) as exc:
         raise InvalidInput(f"cannot write the de-identified data set: {exc}") from exc
     target = work / f"{os.getpid()}-{next(_WORK_NAMES):08d}.dcm"  # unique across worker processes
