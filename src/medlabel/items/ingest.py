@@ -377,8 +377,11 @@ def _size(pieces: list[bytes | memoryview]) -> int:
     return sum(memoryview(p).nbytes for p in pieces)
 
 
-def _write_synced(path: Path, pieces: list[bytes | memoryview], budget: _InFlight) -> str:
-    """Write ``pieces`` to the new file ``path`` and fsync it; returns its SHA-256 (I/O thread)."""
+def _write_synced(
+    path: Path, pieces: list[bytes | memoryview], budget: _InFlight, blobs: BlobStore | None = None
+) -> str:
+    """Write ``pieces`` to the new file ``path`` and fsync it; returns its SHA-256 (I/O thread).
+    With ``blobs``, the blob's directories are made too (``BlobStore.reserve``)."""
     try:
         h = hashlib.sha256()
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
@@ -391,7 +394,10 @@ def _write_synced(path: Path, pieces: list[bytes | memoryview], budget: _InFligh
             os.fsync(fd)
         finally:
             os.close(fd)
-        return h.hexdigest()
+        digest = h.hexdigest()
+        if blobs is not None:
+            blobs.reserve(digest)
+        return digest
     finally:
         budget.release(_size(pieces))
 
@@ -429,7 +435,7 @@ class _Run:
         size = _size(pieces)
         self._budget.acquire(size)
         try:
-            self.staged[path] = self._io.submit(_write_synced, path, pieces, self._budget)
+            self.staged[path] = self._io.submit(_write_synced, path, pieces, self._budget, self.blobs)
         except BaseException:
             self._budget.release(size)
             raise

@@ -530,6 +530,7 @@ def put_file(
     home: Path,
     limits: IngestLimits | None = None,
     read_sessions: sessionmaker[Session] | None = None,
+    blobs: BlobStore | None = None,
 ) -> FileResult:
     """Prepare the file received at ``original`` (deleted here, whatever happens; or its bytes,
     received in memory) with the
@@ -540,7 +541,9 @@ def put_file(
     after checking the commit marker, which the commit writes under the exclusive lock, so a
     commit either sees this file or this call answers 409 (``_locked``). ``read_sessions``
     (read-only sessions; on SQLite no write turn) serve the duplicate check; ``sessions`` the
-    pseudonym stores and, once per half TTL, the extension of the session's expiry."""
+    pseudonym stores and, once per half TTL, the extension of the session's expiry. With
+    ``blobs``, the directories of the prepared file's future blob are made now (``reserve``), so
+    the commit only links."""
     shown = check_name(name)
     folder = _folder(home, ref.id)
     try:
@@ -569,6 +572,8 @@ def put_file(
                 result = FileResult(shown, "duplicate", "already imported (same SOP Instance UID)")
                 prepared.path.unlink(missing_ok=True)
                 prepared = None
+            elif blobs is not None:
+                blobs.reserve(prepared.sha256)
         now = clock.now()
         record = _record(_Entry(name, result, prepared, now, _BOOT, time.time_ns()))
         with _locked(home, ref.id, exclusive=False) as there:

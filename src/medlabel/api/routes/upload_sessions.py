@@ -156,6 +156,7 @@ async def put_upload_file(name: str, request: Request, up: UploadFile, rt: Runti
             secret_key=rt.settings.secret_key,
             home=rt.settings.home,
             read_sessions=read_sessions(rt),
+            blobs=rt.blobs,
         )
     finally:
         if spill is not None:
