@@ -72,6 +72,7 @@ from medlabel.errors import InvalidInput, MedlabelError, NotFound, UnsupportedMe
 from medlabel.imaging import FileKind, open_slide, read_itk, read_nifti, read_raster, sniff
 from medlabel.imaging.dicom import image_from_dataset, info_from_dataset, open_dataset
 from medlabel.imaging.dicom_encode import encode_dataset
+from medlabel.imaging.dicom_map import decodable, open_mapped
 from medlabel.imaging.dicom_wsi import WSI_SOP_CLASS, open_dicom_slide
 from medlabel.imaging.limits import check_budget
 from medlabel.imaging.model import ImageInfo
@@ -189,7 +190,9 @@ def _prepare_dicom(
     written here.
     """
     sink: list[str] = []
-    ds = open_dataset(source if source is not None else str(cand.path), warnings_sink=sink)
+    ds = _mapped(cand.path, sink) if source is None else None
+    if ds is None:
+        ds = open_dataset(source if source is not None else str(cand.path), warnings_sink=sink)
     if getattr(ds, "file_meta", None) is not None and ds.file_meta.get("MediaStorageSOPClassUID") == (
         "1.2.840.10008.1.3.10"
     ):
@@ -198,7 +201,8 @@ def _prepare_dicom(
         sop = str(ds.get("SOPClassUID", "") or "unknown")
         raise UnsupportedMedia(f"no Pixel Data (7FE0,0010): SOP Class {sop} is not an image")
     # truncated or undecodable pixel data is refused before anything is stored
-    _check_pixels(ds, limits, sink)
+    with decodable(ds):
+        _check_pixels(ds, limits, sink)
     reasons: tuple[str, ...] = ()
     pseudonym = str(ds.get("PatientID", "") or "")
     out: Dataset = ds
@@ -221,6 +225,27 @@ def _prepare_dicom(
 
 
 _WORK_NAMES = itertools.count()
+MAP_BYTES_ENV = "MEDLABEL_IMPORT_MAP_BYTES"
+
+
+def _map_bytes() -> int:
+    """Files from this size on have their Pixel Data mapped, not read (``MEDLABEL_IMPORT_MAP_BYTES``,
+    default 64 MiB; ``medlabel.imaging.dicom_map``)."""
+    raw = os.environ.get(MAP_BYTES_ENV, "").strip()
+    try:
+        return max(0, int(raw)) if raw else 64 << 20
+    except ValueError:
+        return 64 << 20
+
+
+def _mapped(path: Path, sink: list[str]) -> Dataset | None:
+    """``open_mapped(path)`` for a big file (None: read it whole)."""
+    try:
+        if path.stat().st_size < _map_bytes():
+            return None
+        return open_mapped(path, warnings_sink=sink)
+    except (OSError, MedlabelError):
+        return None  # the whole-file read reports it
 _PIXEL_HEADER = {  # (7FE0,0010) tag and VR as written by each native transfer syntax
     "1.2.840.10008.1.2": (b"\xe0\x7f\x10\x00", None, "<"),
     "1.2.840.10008.1.2.1": (b"\xe0\x7f\x10\x00", b"\x00\x00", "<"),
