@@ -522,6 +522,40 @@ class _Run:
         with self.sessions() as s:
             return s.scalar(select(Item.id).where(Item.project_id == self.project_id, Item.dedup_key == key))
 
+    def create_items(self, items: list[Item], *, blob: str) -> list[int] | None:
+        """Several items of one stored file in one transaction (an audit record each); None when
+        a concurrent import stored them first."""
+        if blob in self.unsynced:
+            self.blobs.sync_dirs({blob})
+            self.unsynced.discard(blob)
+        try:
+            with self.sessions() as s, s.begin():
+                for item in items:
+                    item.status = "ready"
+                    s.add(item)
+                s.flush()
+                for item in items:
+                    audit.record(
+                        s,
+                        self.actor.event(
+                            AuditAction.IMAGE_IMPORT,
+                            object_type="item",
+                            object_id=str(item.id),
+                            project_id=self.project_id,
+                            detail={
+                                "kind": item.kind,
+                                "format": item.source_format,
+                                "files": 1,
+                                "job_id": self.job_id,
+                                "status": item.status,
+                                "volume_index": (item.meta or {}).get("volume_index", 0),
+                            },
+                        ),
+                    )
+                return [item.id for item in items]
+        except IntegrityError:
+            return None
+
     def create_item(
         self,
         item: Item,
@@ -1347,12 +1381,26 @@ def _import_metaimage(run: _Run, cand: Candidate, uploaded: Mapping[str, list[Pa
 
 
 def _import_nifti(run: _Run, cand: Candidate, deid: bool) -> None:
+    """One ``volume`` item per NIfTI file; a 4D file (time points, diffusion directions, cardiac
+    phases) gives one item per volume along its 4th axis, all on the one stored file
+    (``meta.volume_index``), up to ``IngestLimits.max_volumes``; beyond that only volume 0, with
+    a warning. The items of one file are stored in one transaction."""
     vol = read_nifti(str(cand.path), limits=run.limits.image)  # validates geometry and data
     try:
         img = nib.load(str(cand.path))
     except (nib.filebasedimages.ImageFileError, OSError, ValueError) as exc:
         raise UnsupportedMedia(f"not a readable NIfTI file: {exc}") from exc
     assert isinstance(img, nib.Nifti1Image | nib.Nifti2Image)
+    n_vol = int(img.shape[3]) if len(img.shape) >= 4 else 1
+    split = 1 < n_vol <= run.limits.max_volumes
+    warnings = [w for w in vol.warnings if not w.startswith("4D NIfTI with")]
+    if split:  # the last volume read too: a file cut short fails here, not when it is viewed
+        read_nifti(str(cand.path), volume_index=n_vol - 1, limits=run.limits.image)
+    elif n_vol > 1:
+        warnings.append(
+            f"4D NIfTI with {n_vol} volumes, more than {run.limits.max_volumes} "
+            "(MEDLABEL_IMPORT_MAX_VOLUMES): only volume 0 is imported"
+        )
     if deid:
         img = deidentify_nifti(img)
     try:
@@ -1361,32 +1409,50 @@ def _import_nifti(run: _Run, cand: Candidate, deid: bool) -> None:
         raise UnsupportedMedia(f"NIfTI data unreadable (truncated?): {exc}") from exc
     data = gzip.compress(raw, compresslevel=6, mtime=0)
     sha = hashlib.sha256(data).hexdigest()
-    key = f"sha:{sha}"
-    if run.known_key(key) is not None:
+    keys = [f"sha:{sha}"] + [f"sha:{sha}:v{t}" for t in range(1, n_vol if split else 1)]
+    known = {k for k in keys if run.known_key(k) is not None}
+    if len(known) == len(keys):
         run.report.add(FileReport(cand.name, "duplicate", "already imported (same content)"))
         return
     blob = run.blobs.put(data)
     z, y, x = vol.shape
-    n_vol = int(img.shape[3]) if len(img.shape) >= 4 else 1
-    item = _new_item(
-        run,
-        kind="volume",
-        source_format="nifti",
-        name=f"NIfTI volume {x}x{y}x{z}",
-        dedup_key=key,
-        width=x,
-        height=y,
-        frames=z,
-        blob_sha256=blob,
-        meta={
+    items = []
+    for t, key in enumerate(keys):
+        if key in known:  # e.g. volume 0 of a 4D file imported before volumes were split
+            continue
+        meta: dict[str, Any] = {
             "spacing": [float(v) for v in vol.spacing],
             "windows": [],
             "presets": [],
             "volumes": n_vol,
-            "warnings": list(vol.warnings)[:50],
-        },
-    )
-    _report_single(run, cand.name, run.create_item(item, blob=blob), (), list(vol.warnings))
+            "warnings": warnings[:50],
+        }
+        name = f"NIfTI volume {x}x{y}x{z}"
+        if split:
+            meta["volume_index"] = t
+            name += f", volume {t + 1} of {n_vol}"
+        items.append(
+            _new_item(
+                run,
+                kind="volume",
+                source_format="nifti",
+                name=name,
+                dedup_key=key,
+                width=x,
+                height=y,
+                frames=z,
+                blob_sha256=blob,
+                meta=meta,
+            )
+        )
+    ids = run.create_items(items, blob=blob)
+    if ids is None:
+        _report_single(run, cand.name, None, (), warnings)
+        return
+    if split:
+        warnings = [f"4D NIfTI: {n_vol} volumes imported as items {', '.join(map(str, ids))}", *warnings]
+    _report_single(run, cand.name, ids[0], (), warnings)
+    run.report.items.extend(ids[1:])
 
 
 def _png_bytes(arr: np.ndarray) -> bytes:

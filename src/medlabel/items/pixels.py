@@ -328,7 +328,7 @@ def _decode(sessions: sessionmaker[Session], blobs: BlobStore, home: Path, item:
     if item.blob_sha256 is None:
         raise NotFound(f"item {item.id} has no stored file")
     if item.source_format == "nifti":
-        vol = read_nifti(blobs.get(item.blob_sha256))
+        vol = read_nifti(blobs.get(item.blob_sha256), volume_index=int((item.meta or {}).get("volume_index", 0)))
         return _Loaded(None, vol, auto_window(vol.array))
     return _Loaded(read_raster(blobs.get(item.blob_sha256)), None, None)
 

@@ -47,6 +47,9 @@ class IngestLimits:
     """Largest compression ratio of an archive member over 1 MiB [MEDLABEL_IMPORT_MAX_RATIO]."""
     image: Limits = field(default_factory=Limits)
     """Decoded-size budget per image [MEDLABEL_IMPORT_MAX_PIXELS]."""
+    max_volumes: int = 64
+    """Most volumes of a 4D NIfTI imported as items of their own; beyond, volume 0 only
+    [MEDLABEL_IMPORT_MAX_VOLUMES]."""
 
     @classmethod
     def from_env(cls) -> IngestLimits:
@@ -56,6 +59,7 @@ class IngestLimits:
             max_unpacked_bytes=_env_int("MEDLABEL_IMPORT_MAX_UNPACKED_BYTES", d.max_unpacked_bytes),
             max_ratio=_env_int("MEDLABEL_IMPORT_MAX_RATIO", d.max_ratio),
             image=Limits(max_pixels=_env_int("MEDLABEL_IMPORT_MAX_PIXELS", d.image.max_pixels)),
+            max_volumes=max(1, _env_int("MEDLABEL_IMPORT_MAX_VOLUMES", d.max_volumes)),
         )
 
 
