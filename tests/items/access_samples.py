@@ -156,4 +156,8 @@ SAMPLES: dict[tuple[str, str], Callable[[Any], dict[str, Any]]] = {
     ("GET", "/api/v1/admin/pseudonyms"): lambda c: {
         "url": f"/api/v1/admin/pseudonyms?project_id={c.project_id}"
     },
+    ("POST", "/api/v1/admin/blobs/sweep"): lambda c: {
+        "url": "/api/v1/admin/blobs/sweep",
+        "json": {"dry_run": True},
+    },
 }

@@ -351,3 +351,29 @@ def test_pixel_access_sees_other_processes_within_the_ttl(client, runtime, team,
         assert client.get(_pixel_url(item_id), headers=ann).status_code == 404
     finally:
         cache.set_cache_ttl(before)
+
+
+def test_inverted_displays_are_rendered_and_flagged(client, runtime, team, tmp_path):
+    """Presentation LUT Shape INVERSE (and MONOCHROME1) render inverted; the raw values are the
+    stored ones, with ``X-Invert: 1`` so that a viewer windowing them itself inverts too."""
+    pid, boss, ann = team
+    src = pydicom.dcmread(get_testdata_file("MR_small.dcm"))
+    inverse = tmp_path / "inverse.dcm"
+    src.PresentationLUTShape = "INVERSE"
+    # another image (its own series), not another slice of MR_small's series
+    src.SOPInstanceUID, src.SeriesInstanceUID = pydicom.uid.generate_uid(), pydicom.uid.generate_uid()
+    src.save_as(inverse, enforce_file_format=True)
+    files = [Path(get_testdata_file("MR_small.dcm")), inverse, Path(get_testdata_file("RG3_UNCR.dcm"))]
+    report = by_name(import_via_api(client, runtime, boss, pid, files))
+    plain, inv, mono1 = (report[f.name]["item_id"] for f in files)
+
+    def png(item_id: int) -> np.ndarray:
+        r = client.get(f"/api/v1/items/{item_id}/frames/0/rendered", headers=ann)
+        assert r.status_code == 200, r.text
+        return np.asarray(Image.open(io.BytesIO(r.content)))
+
+    np.testing.assert_array_equal(png(inv), 255 - png(plain))
+    raws = {i: client.get(f"/api/v1/items/{i}/frames/0/raw", headers=ann) for i in (plain, inv, mono1)}
+    np.testing.assert_array_equal(raw_of(raws[inv]), raw_of(raws[plain]))
+    assert "x-invert" not in raws[plain].headers
+    assert raws[inv].headers["x-invert"] == "1" and raws[mono1].headers["x-invert"] == "1"

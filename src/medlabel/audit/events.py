@@ -59,6 +59,8 @@ class AuditAction(StrEnum):
     # used by the imaging / annotation issues
     IMAGE_READ = "image.read"
     IMAGE_IMPORT = "image.import"
+    BLOB_DELETE = "blob.delete"
+    BLOB_SWEEP = "blob.sweep"
     PHI_READ = "phi.read"
     ANNOTATION_READ = "annotation.read"
     ANNOTATION_WRITE = "annotation.write"

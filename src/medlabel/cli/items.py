@@ -1,4 +1,5 @@
-"""``medlabel import``: import files, folders and ZIP archives into a project from the shell."""
+"""``medlabel import``: import files, folders and ZIP archives into a project from the shell;
+``medlabel blobs sweep``: delete the blob store's orphans."""
 
 from __future__ import annotations
 
@@ -79,3 +80,69 @@ def register(app: typer.Typer) -> None:
             if f.get("status") in ("error", "quarantined"):
                 typer.echo(f"  {f['status']:11s} {f['name']}: {f.get('message', '')}")
         raise typer.Exit(0 if state == jobs.SUCCEEDED else 1)
+
+    blobs_app = typer.Typer(help="Look after the blob store.", no_args_is_help=True)
+    app.add_typer(blobs_app, name="blobs")
+
+    @blobs_app.command("sweep")
+    def blobs_sweep(
+        older_than_hours: Annotated[
+            float,
+            typer.Option(
+                "--older-than-hours",
+                max=24 * 3650,
+                help="Only blobs, temporary files and empty directories older than this (at least 1).",
+            ),
+        ] = 24.0,
+        dry_run: Annotated[
+            bool, typer.Option("--dry-run", help="Delete nothing; report what would be deleted.")
+        ] = False,
+    ) -> None:
+        """Delete stored files that no item, instance, quarantine entry or job names (orphans left
+        by failed or abandoned imports), stale temporary files and empty directories. Touches
+        nothing while an import or another blob-writing job is queued or running."""
+        from datetime import timedelta
+
+        from medlabel.errors import ConfigurationError
+        from medlabel.items import blob_sweep
+        from medlabel.storage.blobs import LocalBlobStore
+
+        rt = _runtime()
+        try:
+            if not isinstance(rt.blobs, LocalBlobStore):
+                raise ConfigurationError(
+                    f"the blob sweep needs a local blob store, found {type(rt.blobs).__name__}"
+                )
+            report = blob_sweep.sweep_blobs(
+                rt.sessions,
+                rt.blobs,
+                older_than=timedelta(hours=older_than_hours),
+                dry_run=dry_run,
+                actor=_cli_actor(),
+            )
+        except MedlabelError as exc:
+            raise _fail(exc) from None
+        finally:
+            rt.close()
+        would = "would delete" if report.dry_run else "deleted"
+        typer.echo(
+            f"{report.blobs_scanned} blobs scanned: {report.referenced} referenced, "
+            f"{report.orphaned} orphaned (older than {report.older_than_hours:g} h), "
+            f"{report.too_new} unreferenced but newer"
+        )
+        typer.echo(
+            f"{would} {report.deleted} blobs ({report.bytes_freed} bytes), "
+            f"{report.tmp_files_removed} temporary files, {report.dirs_removed} empty directories; "
+            f"kept {report.kept_in_use} found in use on re-check, {report.failed} failed"
+        )
+        if report.restored:
+            typer.echo(f"put back {report.restored} blobs an interrupted sweep had set aside")
+        for d in report.digests:
+            typer.echo(f"  {d}")
+        if report.digests_truncated:
+            typer.echo(f"  … and {report.deleted - len(report.digests)} more")
+        if report.skipped:
+            typer.secho(f"stopped: {report.skipped}", fg="yellow", err=True)
+            for j in report.blocking_jobs:
+                typer.echo(f"  waiting for job {j}", err=True)
+        raise typer.Exit(1 if report.skipped or report.failed else 0)

@@ -358,6 +358,12 @@ def _build_info(ds: Dataset, sink: list[str]) -> ImageInfo:
         sop_class_uid=sop_class,
         patient_id=_get(ds, "PatientID", "(0010,0020)", _as_str, ""),
     )
+    lut_shape = _get(ds, "PresentationLUTShape", "(2050,0020)", _as_str, "").upper()
+    if lut_shape not in ("", "IDENTITY", "INVERSE"):
+        sink.append(f"(2050,0020) Presentation LUT Shape {lut_shape!r} is not IDENTITY or INVERSE; ignored")
+        lut_shape = ""
+    if "PresentationLUTSequence" in ds:
+        sink.append("(2050,0010) Presentation LUT Sequence ignored (not applied when rendering)")
     modality_luts = _luts(ds, "ModalityLUTSequence", "(0028,3000)", pixel_repr, sink)
     if modality_luts and ("RescaleSlope" in ds or "RescaleIntercept" in ds):
         sink.append(
@@ -388,6 +394,7 @@ def _build_info(ds: Dataset, sink: list[str]) -> ImageInfo:
         modality_lut=modality_luts[0] if modality_luts else None,
         voi_luts=tuple(_luts(ds, "VOILUTSequence", "(0028,3010)", pixel_repr, sink)),
         warnings=tuple(sink),
+        presentation_lut_shape=lut_shape,
     )
 
 

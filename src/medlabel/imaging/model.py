@@ -140,10 +140,19 @@ class ImageInfo:
     voi_luts: tuple[LookupTable, ...] = ()
     """VOI LUT Sequence (0028,3010) items."""
     warnings: tuple[str, ...] = ()
+    presentation_lut_shape: str = ""
+    """Presentation LUT Shape (2050,0020): ``IDENTITY``, ``INVERSE``, or "" when absent."""
 
     @property
     def is_color(self) -> bool:
         return self.photometric is Photometric.RGB
+
+    @property
+    def inverted(self) -> bool:
+        """Whether display inverts the grey scale: MONOCHROME1 (PS3.3 C.7.6.3.1.2), or Presentation
+        LUT Shape INVERSE (PS3.3 C.11.6.1.2: "output after inversion is in P-Values"; the DX and
+        MG modules pair INVERSE with MONOCHROME1, so the two never invert twice)."""
+        return self.photometric is Photometric.MONOCHROME1 or self.presentation_lut_shape == "INVERSE"
 
     @property
     def pixel_count(self) -> int:

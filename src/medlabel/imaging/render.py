@@ -2,7 +2,8 @@
 
 Pure functions over arrays, in the order of the DICOM grayscale pipeline (PS3.4 N.2):
 stored values -> Modality LUT (rescale, PS3.3 C.11.1.1.2) -> VOI LUT (window, PS3.3
-C.11.2.1.2) -> Presentation LUT (MONOCHROME1 is inverted, PS3.3 C.7.6.3.1.2).
+C.11.2.1.2) -> Presentation LUT (MONOCHROME1 is inverted, PS3.3 C.7.6.3.1.2; so is Presentation LUT
+Shape INVERSE, PS3.3 C.11.6.1.2).
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import numpy.typing as npt
 from PIL import Image as PILImage
 
 from medlabel.errors import InvalidInput
-from medlabel.imaging.model import Image, LookupTable, Photometric, Window
+from medlabel.imaging.model import Image, LookupTable, Window
 
 __all__ = [
     "PRESETS",
@@ -216,12 +217,13 @@ def render_frame(
 
     Gray: Modality LUT or rescale, then the VOI transform -- ``window`` (a ``Window`` or preset
     name) when given, else the first VOI LUT Sequence item, else the header's first window, else
-    :func:`auto_window` -- then MONOCHROME1 inversion.
+    :func:`auto_window` -- then the inversion of MONOCHROME1 or Presentation LUT Shape INVERSE
+    (``ImageInfo.inverted``).
     Colour: no windowing; samples are scaled to 8 bit from Bits Stored.
     """
     if image.info.is_color:
         return to_uint8(image.frame(frame), image.info.bits_stored)
-    invert = image.info.photometric is Photometric.MONOCHROME1
+    invert = image.info.inverted
     voi: Callable[[npt.NDArray[np.generic]], npt.NDArray[np.uint8]]
     if window is None and image.info.voi_luts:
         lut = image.info.voi_luts[0]

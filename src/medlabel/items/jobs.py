@@ -1,14 +1,17 @@
-"""Background work of the items domain: the ``items.import`` and ``items.import_session`` jobs."""
+"""Background work of the items domain: the ``items.import``, ``items.import_session`` and
+``items.sweep_blobs`` jobs."""
 
 from __future__ import annotations
 
+from datetime import timedelta
 from typing import Any
 
 from medlabel.accounts.service import Actor
-from medlabel.errors import InvalidInput
-from medlabel.items import upload_sessions
+from medlabel.errors import ConfigurationError, InvalidInput
+from medlabel.items import blob_sweep, upload_sessions
 from medlabel.items.ingest import run_import, uploads_root
 from medlabel.jobs.registry import JobContext, job_kind
+from medlabel.storage.blobs import LocalBlobStore
 from medlabel.storage.db import session_scope
 from medlabel.storage.models import Job
 
@@ -83,3 +86,27 @@ def import_session(ctx: JobContext) -> dict[str, Any]:
         progress=ctx.progress,
     )
     return _with_tasks(ctx, report.as_dict(), actor, project_id)
+
+
+@job_kind(blob_sweep.SWEEP_JOB)
+def sweep_blobs(ctx: JobContext) -> dict[str, Any]:
+    """Sweep the blob store of orphans (``medlabel.items.blob_sweep``); the result is the report."""
+    rt = ctx.runtime
+    if not isinstance(rt.blobs, LocalBlobStore):
+        raise ConfigurationError(f"the blob sweep needs a local blob store, found {type(rt.blobs).__name__}")
+    try:
+        older_than = timedelta(hours=float(ctx.params.get("older_than_hours", 24)))
+    except (TypeError, ValueError, OverflowError):
+        raise InvalidInput(
+            f"older_than_hours must be a number of hours, found {ctx.params.get('older_than_hours')!r}"
+        ) from None
+    report = blob_sweep.sweep_blobs(
+        rt.sessions,
+        rt.blobs,
+        older_than=older_than,
+        dry_run=bool(ctx.params.get("dry_run", False)),
+        actor=_actor(ctx.params),
+        job_id=ctx.job_id,
+        progress=ctx.progress,
+    )
+    return report.as_dict()

@@ -97,7 +97,7 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 AUDIT_BATCH_SECONDS = 60
-_VERSION = "1"
+_VERSION = "2"  # 2: Presentation LUT Shape INVERSE rendered; 4D NIfTI items serve their volume
 TILE_SIZE, TILE_OVERLAP = 254, 1
 
 
@@ -530,6 +530,8 @@ def raw_frame(
     }
     if spacing:
         headers["X-Spacing"] = ",".join(f"{s:g}" for s in spacing)
+    if loaded.image is not None and loaded.image.info.inverted:
+        headers["X-Invert"] = "1"  # display inverts the grey scale (MONOCHROME1 / INVERSE)
     return PixelResponse(out.data, "application/octet-stream", headers)
 
 

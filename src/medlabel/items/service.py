@@ -212,7 +212,7 @@ def _delete_after_commit(
                 audit.record(
                     s,
                     AuditEventData(
-                        action="blob.delete",
+                        action=AuditAction.BLOB_DELETE,
                         outcome="failure" if failed else "success",
                         actor_id=actor.user_id,
                         actor=actor.username,

@@ -16,17 +16,30 @@ import hashlib
 import os
 import re
 import tempfile
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, Protocol
 
 from medlabel.errors import InvalidInput, NotFound
 
-__all__ = ["BlobStore", "LocalBlobStore"]
+__all__ = ["BlobEntry", "BlobStore", "LocalBlobStore"]
 
 _DIGEST = re.compile(r"^[0-9a-f]{64}$")
 _CHUNK = 1 << 20
+_FANOUT = re.compile(r"^[0-9a-f]{2}$")
+
+
+@dataclass(frozen=True)
+class BlobEntry:
+    """One stored blob as the file system sees it (for housekeeping, e.g. the orphan sweep)."""
+
+    digest: str
+    size: int
+    #: the file's modification time, seconds since the epoch (a hard-linked blob keeps the time
+    #: its source file was written, which may be well before it was stored)
+    mtime: float
 
 
 def _fsync_dir(folder: Path) -> None:
@@ -64,7 +77,7 @@ class LocalBlobStore:
 
     def put(self, data: bytes) -> str:
         digest = hashlib.sha256(data).hexdigest()
-        if self.exists(digest):
+        if self._touch(digest):
             return digest
         self._commit(digest, [data])
         return digest
@@ -81,7 +94,7 @@ class LocalBlobStore:
                 os.fsync(out.fileno())
             digest = h.hexdigest()
             final = self._path(digest)
-            if final.exists():
+            if self._touch(digest):
                 os.unlink(tmp)
                 return digest
             final.parent.mkdir(parents=True, exist_ok=True)
@@ -102,7 +115,7 @@ class LocalBlobStore:
         returned digests before committing rows that name them.
         """
         final = self._path(digest)
-        if final.exists():
+        if self._touch(digest):
             return digest
         final.parent.mkdir(parents=True, exist_ok=True)
         try:
@@ -113,6 +126,17 @@ class LocalBlobStore:
             with open(path, "rb") as fh:
                 return self.put_stream(fh)
         return digest
+
+    def _touch(self, digest: str) -> bool:
+        """Whether ``digest`` is stored; if so its mtime becomes now, so that the orphan sweep
+        (``medlabel.items.blob_sweep``, by age) never takes a blob an import is about to name."""
+        try:
+            os.utime(self._path(digest))
+        except FileNotFoundError:
+            return False
+        except OSError:
+            return self._path(digest).exists()
+        return True
 
     def reserve(self, digest: str) -> None:
         """Create the directories that will hold ``digest`` (nothing is stored): a file system may
@@ -173,3 +197,49 @@ class LocalBlobStore:
         for p in self.root.glob("??/??/*"):
             if _DIGEST.match(p.name):
                 yield p.name
+
+    # ------------------------------------------------------------ housekeeping (local only)
+
+    @property
+    def tmp_dir(self) -> Path:
+        """Where writes in progress live until they are renamed into place."""
+        return self._tmp
+
+    def path(self, digest: str) -> Path:
+        """The file that holds (or would hold) ``digest``."""
+        return self._path(digest)
+
+    def fanout_dirs(self) -> Iterator[Path]:
+        """The fan-out directories, deepest first: every ``ab/cd`` before its ``ab``."""
+        for top in sorted(self.root.iterdir()):
+            if not (_FANOUT.match(top.name) and top.is_dir() and not top.is_symlink()):
+                continue
+            try:
+                subs = sorted(top.iterdir())
+            except FileNotFoundError:  # removed meanwhile
+                continue
+            for sub in subs:
+                if _FANOUT.match(sub.name) and sub.is_dir() and not sub.is_symlink():
+                    yield sub
+            yield top
+
+    def entries(self) -> Iterator[BlobEntry]:
+        """Every stored blob with its size and modification time, one directory at a time
+        (files in the fan-out directories that are not named by their SHA-256 are skipped)."""
+        for folder in self.fanout_dirs():
+            if folder.parent == self.root:
+                continue
+            prefix = folder.parent.name + folder.name
+            try:
+                listing = os.scandir(folder)
+            except FileNotFoundError:  # removed meanwhile
+                continue
+            with listing:
+                for e in listing:
+                    if not (_DIGEST.match(e.name) and e.name.startswith(prefix)):
+                        continue
+                    try:
+                        st = e.stat(follow_symlinks=False)
+                    except FileNotFoundError:
+                        continue
+                    yield BlobEntry(e.name, st.st_size, st.st_mtime)

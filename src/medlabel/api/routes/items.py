@@ -4,7 +4,7 @@ de-identification settings and the pseudonym map. Thin: parse, call a service, r
 from __future__ import annotations
 
 import shutil
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, Header, Query, Request, Response
@@ -25,7 +25,7 @@ from medlabel.api.deps import (
     project_permission,
 )
 from medlabel.api.schemas import JobRead
-from medlabel.items import pixels
+from medlabel.items import blob_sweep, pixels
 from medlabel.items import service as items
 from medlabel.items.ingest import new_upload_dir
 from medlabel.items.models import Item
@@ -42,6 +42,7 @@ CanUpdate = Annotated[ProjectAccess, Depends(project_permission(Permission.PROJE
 CanRead = Annotated[ItemAccess, Depends(item_permission(Permission.ITEM_READ))]
 Pixels = Annotated[PixelAccess, Depends(item_pixels(Permission.ITEM_READ))]
 PhiReader = Annotated[Actor, Depends(global_permission(Permission.PHI_READ))]
+Admin = Annotated[Actor, Depends(global_permission(Permission.USER_MANAGE))]
 
 
 class ItemRead(BaseModel):
@@ -269,7 +270,8 @@ async def raw_frame(
     if_none_match: Annotated[str | None, Header()] = None,
 ) -> Response:
     """Rescaled (modality) values of frame/plane ``n`` as little-endian int16 or float32
-    (``X-Dtype``, ``X-Shape`` rows,columns, ``X-Spacing``)."""
+    (``X-Dtype``, ``X-Shape`` rows,columns, ``X-Spacing``; ``X-Invert: 1`` when the display
+    inverts the grey scale: MONOCHROME1 or Presentation LUT Shape INVERSE)."""
     item = _visible(px)
     params = pixels.RenderParams(frame=n, plane=plane)
     etag = pixels.etag_for(item, "raw", params)
@@ -397,3 +399,26 @@ def list_pseudonyms(
     return [
         PseudonymRead.model_validate(r) for r in items.list_pseudonyms(session, actor, project_id=project_id)
     ]
+
+
+# ---------------------------------------------------------------- blob store
+
+
+class BlobSweepIn(BaseModel):
+    older_than_hours: float = Field(
+        24.0, le=24 * 3650, description="Only blobs, temporary files and empty directories older than this."
+    )
+    dry_run: bool = Field(False, description="Delete nothing; the job's result says what would go.")
+
+
+@router.post("/admin/blobs/sweep", response_model=JobRead, status_code=202)
+def sweep_blobs(body: BlobSweepIn, actor: Admin, session: SessionDep, rt: RuntimeDep) -> JobRead:
+    """Queue a sweep of the blob store (administrators): stored files no row names, older than
+    ``older_than_hours`` (at least 1), stale temporary files and empty directories are deleted.
+    The job touches nothing while an import is queued or running; its result is the report."""
+    job = blob_sweep.start_sweep(
+        session, actor, older_than=timedelta(hours=body.older_than_hours), dry_run=body.dry_run
+    )
+    session.commit()
+    rt.enqueue(job.id)
+    return JobRead.model_validate(job)
