@@ -20,8 +20,8 @@ Safety rules (each one has a test in ``tests/items/test_items_blob_sweep.py``):
    not committed yet.
 3. **Nothing while blob-writing work is in flight.** A blob stored by hard link keeps the time
    its source was written (an upload session's prepared file may be a day old when it is
-   committed), and an import that finds its bytes already stored re-uses that blob as it is, old
-   time and all. So while any job other than :data:`NON_BLOCKING_KINDS` is queued or running
+   committed), and an import that finds its bytes already stored re-uses that blob (the store
+   refreshes its time then, but only once it gets there). So while any job other than :data:`NON_BLOCKING_KINDS` is queued or running
    (an import, an upload-session commit, a quality report, a plug-in's job), the sweep touches
    nothing and says which jobs stopped it (``skipped``, ``blocking_jobs``).
 4. **Checked again around every deletion.** Candidates go in batches: just before a batch the
