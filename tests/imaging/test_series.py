@@ -82,11 +82,15 @@ def test_duplicate_and_mixed_orientation(tmp_path: Path) -> None:
     headers, skipped = scan_headers(sorted(ph.folder.iterdir()))
     assert skipped == []
     stacks = group_series(headers)
-    assert sorted(len(s) for s in stacks) == [1, 6]
+    # the repeated slice is not dropped: it is a stack of its own ("repeat 2"), like the localiser
+    assert sorted(len(s) for s in stacks) == [1, 1, 6]
+    assert sorted(h.path for s in stacks for h in s.slices) == sorted(h.path for h in headers)
     main = next(s for s in stacks if len(s) == 6)
-    assert any("duplicate position" in w for w in main.warnings)
+    assert main.label == "" and any("duplicate position" in w for w in main.warnings)
     assert any("2 different orientations" in w for w in main.warnings)
     np.testing.assert_allclose(np.diff(main.positions), 2.5, atol=1e-5)
+    (repeat,) = [s for s in stacks if s.label == "repeat 2"]
+    assert {os.path.basename(h.path) for h in repeat.slices} <= {"dup", os.path.basename(ph.files[2])}
 
 
 def test_irregular_spacing_splits(tmp_path: Path) -> None:
@@ -232,3 +236,57 @@ def test_real_philips_enhanced_mr_geometry_matches_nibabel(tmp_path: Path) -> No
         # nibabel stacks the slices in the opposite direction along the normal
         np.testing.assert_allclose(rcs, [y, x, 175 - z], atol=1e-2)
     np.testing.assert_allclose(sorted(vol.spacing), sorted(wrapper.voxel_sizes), atol=1e-4)
+
+
+def _cine(folder: Path, *, slices: int, phases: int, **per_phase: object) -> list[Path]:
+    """A cine series: ``phases`` images at each of ``slices`` positions, one file each; the
+    pixels of slice z, phase t are 100 t + z. ``per_phase`` sets attributes to ``value * t``
+    (``None``: not set)."""
+    ph = make_ct_series(folder / "src", shape=(slices, 8, 10), shuffle=False)
+    out = []
+    for z, f in enumerate(ph.files):
+        for t in range(phases):
+            ds = pydicom.dcmread(f)
+            ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = pydicom.uid.generate_uid()
+            for keyword, step in per_phase.items():
+                if step is not None:
+                    setattr(ds, keyword, step * t + (1 if keyword == "TemporalPositionIdentifier" else 0))
+            ds.PixelData = np.full((8, 10), 100 * t + z, np.uint16).tobytes()
+            ds.RescaleIntercept, ds.RescaleSlope = 0, 1
+            p = folder / f"z{z}t{t}.dcm"
+            ds.save_as(p)
+            out.append(p)
+    return out
+
+
+@pytest.mark.parametrize(
+    ("attrs", "label"),
+    [
+        ({"TemporalPositionIdentifier": 1, "TriggerTime": 40.0}, "temporal position"),
+        ({"TriggerTime": 40.0}, "trigger time"),
+        ({"EchoNumbers": 1}, "echo"),
+    ],
+)
+def test_images_at_the_same_positions_are_one_stack_per_phase(tmp_path: Path, attrs: dict, label: str) -> None:
+    files = _cine(tmp_path, slices=3, phases=4, **attrs)
+    headers, _ = scan_headers(files)
+    stacks = group_series(headers)
+    assert [len(s) for s in stacks] == [3, 3, 3, 3]
+    assert [s.label.split()[:-1] for s in stacks] == [label.split()] * 4
+    assert sorted(h.path for s in stacks for h in s.slices) == sorted(map(str, files))
+    for t, stack in enumerate(stacks):  # in phase order, each a volume of that phase
+        vol = load_volume(stack)
+        np.testing.assert_array_equal(vol.array[:, 0, 0], [100 * t + z for z in range(3)])
+        assert any("one stack per" in w for w in stack.warnings)
+
+
+def test_a_dimension_that_does_not_group_phases_is_not_used(tmp_path: Path) -> None:
+    """A trigger time different for every image (not a phase) would make one-slice stacks: the
+    images are layered by repeat instead, none lost."""
+    files = _cine(tmp_path, slices=3, phases=2)
+    for i, f in enumerate(files):
+        ds = pydicom.dcmread(f)
+        ds.TriggerTime = 10.0 * i
+        ds.save_as(f)
+    stacks = group_series(scan_headers(files)[0])
+    assert sorted((s.label, len(s)) for s in stacks) == [("", 3), ("repeat 2", 3)]

@@ -358,6 +358,7 @@ def _build_info(ds: Dataset, sink: list[str]) -> ImageInfo:
         sop_class_uid=sop_class,
         patient_id=_get(ds, "PatientID", "(0010,0020)", _as_str, ""),
     )
+    dimension = _dimension(ds, sink)
     lut_shape = _get(ds, "PresentationLUTShape", "(2050,0020)", _as_str, "").upper()
     if lut_shape not in ("", "IDENTITY", "INVERSE"):
         sink.append(f"(2050,0020) Presentation LUT Shape {lut_shape!r} is not IDENTITY or INVERSE; ignored")
@@ -395,7 +396,37 @@ def _build_info(ds: Dataset, sink: list[str]) -> ImageInfo:
         voi_luts=tuple(_luts(ds, "VOILUTSequence", "(0028,3010)", pixel_repr, sink)),
         warnings=tuple(sink),
         presentation_lut_shape=lut_shape,
+        dimension=dimension,
     )
+
+
+#: (keyword, tag, name shown) of the attributes that tell apart images at one position.
+_DIMENSIONS = (
+    ("TemporalPositionIdentifier", "(0020,0100)", "temporal position"),
+    ("TriggerTime", "(0018,1060)", "trigger time"),
+    ("EchoNumbers", "(0018,0086)", "echo"),
+    ("DiffusionBValue", "(0018,9087)", "b-value"),
+)
+
+
+def _dimension(ds: Dataset, sink: list[str]) -> tuple[tuple[str, float], ...]:
+    out = []
+    for keyword, tag, name in _DIMENSIONS:
+        try:
+            value = _get(ds, keyword, tag, _first_float, None)
+        except DicomError as exc:
+            sink.append(f"{exc.message}; not used to tell images apart")
+            continue
+        if value is not None:
+            out.append((name, value))
+    return tuple(out)
+
+
+def _first_float(value: Any) -> float:
+    return float(_listify(value)[0])
+
+
+_first_float.__name__ = "a number"
 
 
 def _infer_syntax(ds: Dataset, sink: list[str]) -> str:

@@ -142,6 +142,10 @@ class ImageInfo:
     warnings: tuple[str, ...] = ()
     presentation_lut_shape: str = ""
     """Presentation LUT Shape (2050,0020): ``IDENTITY``, ``INVERSE``, or "" when absent."""
+    dimension: tuple[tuple[str, float], ...] = ()
+    """What tells apart images of one series taken at the same position: (name, value) pairs of
+    Temporal Position Identifier (0020,0100), Trigger Time (0018,1060), Echo Numbers (0018,0086)
+    and Diffusion b-value (0018,9087), those present (cine, multi-phase, multi-echo, diffusion)."""
 
     @property
     def is_color(self) -> bool:

@@ -8,6 +8,12 @@ position along the slice normal, ``d = ImagePositionPatient . (row x column cosi
 Nothing is silently wrong: mixed orientations or sizes, duplicate positions, missing slices (a gap
 that is a multiple of the usual spacing) and irregular spacing produce **warnings and separate
 stacks** instead of one volume with the wrong geometry.
+
+Several images at one position (cine, multi-phase, multi-echo, diffusion series) are told apart by
+the first of Temporal Position Identifier, Trigger Time, Echo Numbers and Diffusion b-value that
+splits them into stacks without repeated positions, each of two slices or more (``ImageInfo.
+dimension``); each stack is labelled with its value (``SeriesStack.label``). Images still at a
+repeated position go to further stacks ("repeat 2" …): every slice ends up in exactly one stack.
 """
 
 from __future__ import annotations
@@ -62,6 +68,9 @@ class SeriesStack:
     spacing: float
     """Slice spacing in mm (median of differences; 0 for a single slice)."""
     warnings: tuple[str, ...] = ()
+    label: str = ""
+    """What sets this stack apart from others of the series at the same positions (e.g.
+    ``trigger time 40``), or "" for a stack that is the series' only one at its positions."""
 
     @property
     def paths(self) -> tuple[str, ...]:
@@ -112,21 +121,28 @@ def _geometry_key(info: ImageInfo) -> tuple[object, ...]:
 
 
 def _split_sorted(
-    uid: str, items: list[tuple[float, SliceHeader]], base_warnings: list[str]
+    uid: str, items: list[tuple[float, SliceHeader]], base_warnings: list[str], label: str = "", repeat: int = 1
 ) -> list[SeriesStack]:
-    """Split a sorted run of slices at duplicates, gaps and irregular steps."""
+    """Split a sorted run of slices at gaps and irregular steps; slices at a position already
+    taken go, in order, to further stacks of their own ("repeat 2" …)."""
+    more = _split_sorted(uid, repeats, base_warnings, label, repeat + 1) if (repeats := _repeats(items)) else []
+    if repeat > 1:
+        label = f"{label}, repeat {repeat}" if label else f"repeat {repeat}"
     warnings = list(base_warnings)
     kept: list[tuple[float, SliceHeader]] = []
     for d, h in items:
         if kept and abs(d - kept[-1][0]) < _DUPLICATE_MM:
             warnings.append(
                 f"{os.path.basename(h.path)}: duplicate position {d:.3f} mm along the normal "
-                f"(same as {os.path.basename(kept[-1][1].path)}); dropped from the stack"
+                f"(same as {os.path.basename(kept[-1][1].path)}); put in a separate stack"
             )
             continue
         kept.append((d, h))
     if len(kept) < 2:
-        return [SeriesStack(uid, tuple(h for _, h in kept), tuple(d for d, _ in kept), 0.0, tuple(warnings))]
+        return [
+            SeriesStack(uid, tuple(h for _, h in kept), tuple(d for d, _ in kept), 0.0, tuple(warnings), label),
+            *more,
+        ]
     diffs = np.diff([d for d, _ in kept])
     nominal = float(np.median(diffs))
     runs: list[list[tuple[float, SliceHeader]]] = [[kept[0]]]
@@ -150,9 +166,50 @@ def _split_sorted(
         ds_ = np.diff([d for d, _ in run])
         spacing = float(np.median(ds_)) if len(ds_) else nominal
         stacks.append(
-            SeriesStack(uid, tuple(h for _, h in run), tuple(d for d, _ in run), spacing, tuple(warnings))
+            SeriesStack(uid, tuple(h for _, h in run), tuple(d for d, _ in run), spacing, tuple(warnings), label)
         )
-    return stacks
+    return stacks + more
+
+
+def _repeats(items: list[tuple[float, SliceHeader]]) -> list[tuple[float, SliceHeader]]:
+    """The slices of a sorted run at a position an earlier slice already takes."""
+    out: list[tuple[float, SliceHeader]] = []
+    last: float | None = None
+    for d, h in items:
+        if last is not None and abs(d - last) < _DUPLICATE_MM:
+            out.append((d, h))
+        else:
+            last = d
+    return out
+
+
+def _has_repeats(items: list[tuple[float, SliceHeader]]) -> bool:
+    return any(abs(b[0] - a[0]) < _DUPLICATE_MM for a, b in zip(items, items[1:], strict=False))
+
+
+def _by_dimension(
+    uid: str, items: list[tuple[float, SliceHeader]]
+) -> list[tuple[str, list[tuple[float, SliceHeader]], list[str]]]:
+    """(label, sorted slices, warnings) per stack of images at the same positions (module doc)."""
+    if not _has_repeats(items):
+        return [("", items, [])]
+    # getattr: an ImageInfo pickled by an older version (an upload session's entry) has none
+    names = [name for name, _ in getattr(items[0][1].info, "dimension", ())]
+    for name in names:
+        parts: dict[float, list[tuple[float, SliceHeader]]] = defaultdict(list)
+        for d, h in items:
+            value = dict(getattr(h.info, "dimension", ())).get(name)
+            if value is None:
+                break
+            parts[value].append((d, h))
+        else:
+            if len(parts) >= 2 and all(len(p) >= 2 and not _has_repeats(p) for p in parts.values()):
+                note = (
+                    f"series {uid}: {len(items)} images, several at each position; one stack per "
+                    f"{name} ({len(parts)} stacks)"
+                )
+                return [(f"{name} {value:g}", parts[value], [note]) for value in sorted(parts)]
+    return [("", items, [])]
 
 
 def group_series(headers: Sequence[SliceHeader]) -> list[SeriesStack]:
@@ -186,11 +243,12 @@ def group_series(headers: Sequence[SliceHeader]) -> list[SeriesStack]:
             )
         for group in by_geom.values():
             normal = np.asarray(group[0].info.normal, dtype=float)
-            items = sorted(
+            items = sorted(  # ties (same position) in a fixed order: by SOP Instance UID
                 ((float(np.dot(np.asarray(h.info.image_position), normal)), h) for h in group),
-                key=lambda t: t[0],
+                key=lambda t: (t[0], t[1].info.uids.sop_instance_uid),
             )
-            stacks.extend(_split_sorted(uid, items, base))
+            for label, part, notes in _by_dimension(uid, items):
+                stacks.extend(_split_sorted(uid, part, base + notes, label))
         for h in unlocated + multi:
             stacks.append(SeriesStack(uid, (h,), (0.0,), 0.0, tuple(base)))
     return stacks

@@ -696,7 +696,7 @@ def _store_volume(run: _Run, stack: SeriesStack, members: list[_Dicom]) -> None:
         run,
         kind="volume",
         source_format="dicom",
-        name=f"{first.modality or 'DICOM'} series ({len(members)} slices)",
+        name=f"{first.modality or 'DICOM'} series ({len(members)} slices{', ' + stack.label if stack.label else ''})",
         dedup_key=key,
         patient_pseudonym=members[0].pseudonym[:64],
         study_uid=first.uids.study_instance_uid,
@@ -711,6 +711,7 @@ def _store_volume(run: _Run, stack: SeriesStack, members: list[_Dicom]) -> None:
             "presets": _presets_for(first.modality),
             "photometric": str(first.photometric),
             "warnings": warnings[:50],
+            **({"stack": stack.label} if stack.label else {}),
         },
     )
     _store_members(run, item, members, blobs, reasons, positions=[float(p) for p in stack.positions])
