@@ -120,3 +120,29 @@ def test_folder_refuses_output_inside_input(tmp_path: Path) -> None:
         deidentify_folder(tmp_path, tmp_path / "out", config(), context())
     with pytest.raises(InvalidInput, match="does not exist"):
         deidentify_folder(tmp_path / "missing", tmp_path / "o", config(), context())
+
+
+def test_the_preamble_is_not_carried_over(tmp_path: Path) -> None:
+    """PS3.10 7.1 leaves the 128-byte preamble to applications; whatever the original's holds
+    (here a patient's name and birth date) is not copied into the de-identified file: neither
+    by the folder tool nor by the import's writer."""
+    from medlabel.deid import deidentify_dataset
+    from medlabel.imaging.dicom import open_dataset
+    from medlabel.imaging.dicom_encode import encode_dataset
+
+    src, out = tmp_path / "in", tmp_path / "out"
+    src.mkdir()
+    ds = pydicom.dcmread(get_testdata_file("CT_small.dcm"))
+    ds.preamble = b"II*\x00 DOE^JOHN 19600101".ljust(128, b"\x00")
+    ds.save_as(src / "ct.dcm", enforce_file_format=True)
+    assert b"DOE^JOHN" in (src / "ct.dcm").read_bytes()[:128]
+
+    deidentify_folder(src, out, config(), context())
+    (written,) = [p for p in out.rglob("*") if p.is_file()]
+    assert written.read_bytes()[:132] == bytes(128) + b"DICM"
+
+    read = open_dataset((src / "ct.dcm").read_bytes())
+    deidentify_dataset(read, config(), context(), in_place=True)
+    assert b"".join(encode_dataset(read))[:132] == bytes(128) + b"DICM"
+    copy = deidentify_dataset(pydicom.dcmread(src / "ct.dcm"), config(), context()).dataset
+    assert not getattr(copy, "preamble", None)

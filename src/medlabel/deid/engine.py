@@ -569,6 +569,10 @@ def deidentify_dataset(
     elif run.dates_touched:
         out.LongitudinalTemporalInformationModified = "REMOVED"
     _file_meta(ds, out)
+    if getattr(out, "preamble", None):
+        # the 128-byte preamble (PS3.10 7.1) is free for applications and was copied from the
+        # original by pydicom's writer: it may hold anything (seen: a TIFF header, vendor text)
+        out.preamble = None  # written as 128 zero bytes
     return DeidResult(
         dataset=out,
         quarantined=bool(reasons),
