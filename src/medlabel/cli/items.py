@@ -84,7 +84,12 @@ def register(app: typer.Typer) -> None:
     blobs_app = typer.Typer(help="Look after the blob store.", no_args_is_help=True)
     app.add_typer(blobs_app, name="blobs")
 
-    @blobs_app.command("sweep")
+    @blobs_app.command(
+        "sweep",
+        help="Delete stored files that no item, instance, quarantine entry or job names (orphans "
+        "left by failed or abandoned imports), stale temporary files and empty directories. Touches "
+        "nothing while an import or another blob-writing job is queued or running.",
+    )
     def blobs_sweep(
         older_than_hours: Annotated[
             float,
@@ -98,9 +103,6 @@ def register(app: typer.Typer) -> None:
             bool, typer.Option("--dry-run", help="Delete nothing; report what would be deleted.")
         ] = False,
     ) -> None:
-        """Delete stored files that no item, instance, quarantine entry or job names (orphans left
-        by failed or abandoned imports), stale temporary files and empty directories. Touches
-        nothing while an import or another blob-writing job is queued or running."""
         from datetime import timedelta
 
         from medlabel.errors import ConfigurationError
