@@ -284,17 +284,27 @@ def test_pixel_routes_see_membership_and_status_changes_at_once(
 
 
 def test_pixel_routes_enforce_idle_expiry_exactly(client, runtime, team, series, long_cache_ttl):
-    from medlabel.accounts.service import _TOUCH_EVERY
+    from datetime import UTC, datetime
+
+    from medlabel.accounts.service import _TOUCH_EVERY, hash_token
+    from medlabel.storage.models import UserSession
 
     _pid, _boss, ann = team
     item_id, _ = series
     assert client.get(_pixel_url(item_id), headers=ann).status_code == 200
+    token = ann["Authorization"].removeprefix("Bearer ")
+    with session_scope(runtime.sessions) as s:
+        seen = s.scalar(select(UserSession.last_seen_at).where(UserSession.token_hash == hash_token(token)))
     idle = runtime.settings.idle_timeout
-    clock.set_offset(idle - timedelta(seconds=1))  # still alive: this request refreshes last_seen
+
+    def at(moment):  # the clock reads ``moment`` now (however long the fixtures took)
+        clock.set_offset(moment - datetime.now(UTC))
+
+    at(seen + idle - timedelta(seconds=1))  # still alive: this request refreshes last_seen
     assert client.get(_pixel_url(item_id), headers=ann).status_code == 200
-    clock.set_offset(idle - timedelta(seconds=1) + _TOUCH_EVERY / 2)
+    at(seen + idle - timedelta(seconds=1) + _TOUCH_EVERY / 2)
     assert client.get(_pixel_url(item_id), headers=ann).status_code == 200
-    clock.set_offset(2 * idle)  # idle since the refresh
+    at(seen + 3 * idle)  # idle since the refresh
     r = client.get(_pixel_url(item_id), headers=ann)
     assert r.status_code == 401 and r.json()["error"]["code"] == "session_expired"
     with session_scope(runtime.sessions) as s:
