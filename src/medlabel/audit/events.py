@@ -61,6 +61,7 @@ class AuditAction(StrEnum):
     IMAGE_IMPORT = "image.import"
     BLOB_DELETE = "blob.delete"
     BLOB_SWEEP = "blob.sweep"
+    BLOB_SCRUB = "blob.scrub"
     PHI_READ = "phi.read"
     ANNOTATION_READ = "annotation.read"
     ANNOTATION_WRITE = "annotation.write"

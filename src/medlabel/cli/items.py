@@ -85,6 +85,54 @@ def register(app: typer.Typer) -> None:
     app.add_typer(blobs_app, name="blobs")
 
     @blobs_app.command(
+        "scrub-preambles",
+        help="Store again, with a zero preamble, every stored DICOM file that kept its original's "
+        "128-byte preamble (imports before 2026-11-29 copied it; it may hold anything), point the rows "
+        "at the new files, then sweep the old ones away (medlabel blobs sweep).",
+    )
+    def blobs_scrub_preambles(
+        dry_run: Annotated[
+            bool, typer.Option("--dry-run", help="Change nothing; count the files that would be rewritten.")
+        ] = False,
+        sweep: Annotated[
+            bool, typer.Option("--sweep/--no-sweep", help="Sweep the replaced files away afterwards.")
+        ] = True,
+        older_than_hours: Annotated[
+            float, typer.Option("--older-than-hours", help="Passed to the sweep: only files older than this go.")
+        ] = 24.0,
+    ) -> None:
+        from datetime import timedelta
+
+        from medlabel.errors import ConfigurationError
+        from medlabel.items import blob_sweep, preamble_scrub
+        from medlabel.storage.blobs import LocalBlobStore
+
+        rt = _runtime()
+        try:
+            if not isinstance(rt.blobs, LocalBlobStore):
+                raise ConfigurationError(f"scrubbing needs a local blob store, found {type(rt.blobs).__name__}")
+            report = preamble_scrub.scrub_preambles(rt.sessions, rt.blobs, actor=_cli_actor(), dry_run=dry_run)
+            swept = None
+            if sweep and not dry_run and report.rewritten:
+                swept = blob_sweep.sweep_blobs(
+                    rt.sessions, rt.blobs, older_than=timedelta(hours=older_than_hours), dry_run=False, actor=_cli_actor()
+                )
+        except MedlabelError as exc:
+            raise _fail(exc) from None
+        finally:
+            rt.close()
+        if report.skipped:
+            typer.echo(f"nothing done: {report.skipped} ({', '.join(report.blocking_jobs)})")
+            raise typer.Exit(1)
+        verb = "would rewrite" if dry_run else "rewrote"
+        typer.echo(f"{report.scanned} stored DICOM files: {verb} {report.rewritten}, {report.clean} clean")
+        if swept is not None:
+            typer.echo(
+                f"sweep: {swept.deleted} replaced files deleted, {swept.too_new} newer than "
+                f"{older_than_hours:g} h kept (run medlabel blobs sweep later)"
+            )
+
+    @blobs_app.command(
         "sweep",
         help="Delete stored files that no item, instance, quarantine entry or job names (orphans "
         "left by failed or abandoned imports), stale temporary files and empty directories. Touches "

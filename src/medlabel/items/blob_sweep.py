@@ -77,6 +77,7 @@ __all__ = [
     "MIN_OLDER_THAN",
     "NON_BLOCKING_KINDS",
     "SweepReport",
+    "blocking_jobs",
     "digest_columns",
     "referenced_digests",
     "start_sweep",
@@ -252,7 +253,7 @@ def _still_named(session: Session, digests: list[str], *, after_item: int, since
     return named & wanted
 
 
-def _blocking_jobs(session: Session) -> list[str]:
+def blocking_jobs(session: Session) -> list[str]:
     """Queued or running jobs that may store blobs (rule 3)."""
     rows = session.execute(
         select(Job.kind, Job.id)
@@ -430,7 +431,7 @@ def _sweep(
 
     note(2, "checking for jobs in flight")
     with session_scope(sessions) as s:
-        blocking = _blocking_jobs(s)
+        blocking = blocking_jobs(s)
         if blocking:
             stop(blocking, "before the sweep; nothing was touched")
             return
@@ -462,7 +463,7 @@ def _sweep(
             f"checking orphans {start + 1}–{start + len(batch)} of {len(candidates)}",
         )
         with session_scope(sessions) as s:
-            blocking = _blocking_jobs(s)
+            blocking = blocking_jobs(s)
             if blocking:
                 stop(blocking, f"started during the sweep; {t.deleted} blobs deleted before")
                 return
@@ -475,7 +476,7 @@ def _sweep(
             continue
         moved = _set_aside(blobs, doomed, trash, cutoff, t)
         with session_scope(sessions) as s:
-            blocking = _blocking_jobs(s)
+            blocking = blocking_jobs(s)
             named_after = (
                 set()
                 if blocking
