@@ -1,4 +1,6 @@
-"""encode_dataset writes, byte for byte, what ingest's pydicom path (``_encode``) writes, and
+"""encode_dataset writes, byte for byte, what pydicom's writer writes (``_pydicom_encode``: the
+whole data set through ``dcmwrite``, native Pixel Data appended as read; ingest's writer before
+``encode_dataset``), and
 writes it itself: pydicom's whole-data-set writer is used only for the cases left to it."""
 
 from __future__ import annotations
@@ -28,9 +30,9 @@ from medlabel.deid import Option, deidentify_dataset
 from medlabel.errors import DicomError
 from medlabel.imaging import dicom_encode
 from medlabel.imaging.dicom import open_dataset
+from medlabel.imaging.dicom_encode import _pydicom_encode as old_encode
 from medlabel.imaging.dicom_encode import encode_dataset
 from medlabel.items import ingest
-from medlabel.items.ingest import _encode as old_encode
 from medlabel.items.unpack import Candidate, IngestLimits
 from tests.deid.deid_factories import config, context, planted_dataset, to_bytes
 
@@ -218,7 +220,7 @@ def _prepared(path: Path, work: Path) -> tuple[bytes, Any]:
 def test_wired_into_ingest(
     name: str, ct_slice: bytes, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fallbacks: list[Dataset]
 ) -> None:
-    """``_prepare_dicom`` stages the same file with ``encode_dataset`` in place of ``_encode``."""
+    """``_prepare_dicom`` stages the same file with ``encode_dataset`` as with pydicom's writer."""
     path = tmp_path / "in.dcm"
     if name.startswith("ct"):
         ds = pydicom.dcmread(io.BytesIO(ct_slice))
@@ -227,10 +229,9 @@ def test_wired_into_ingest(
         path.write_bytes(to_bytes(ds))
     else:
         path.write_bytes(Path(get_testdata_file(name)).read_bytes())
-    # before and after the wiring (``_encode(out)`` replaced by ``encode_dataset(out)``)
-    monkeypatch.setattr(ingest, "encode_dataset", old_encode, raising=False)
+    # pydicom's writer in place of encode_dataset, then encode_dataset
+    monkeypatch.setattr(ingest, "encode_dataset", old_encode)
     expected, info = _prepared(path, tmp_path / "old")
-    monkeypatch.setattr(ingest, "_encode", encode_dataset)
     monkeypatch.setattr(ingest, "encode_dataset", encode_dataset)
     got, info_new = _prepared(path, tmp_path / "new")
     assert got == expected

@@ -219,6 +219,17 @@ def upload_permission(permission: Permission) -> Callable[..., UploadAccess]:
     return _mark(dep, Rule("project", permission))
 
 
+def _cached_check(request: Request) -> tuple[Runtime, str, str, accounts.SessionCheck | None]:
+    """The runtime, the session token (401 without one), the client address and the session as
+    the in-process cache knows it (None: ask the database)."""
+    rt: Runtime = request.app.state.runtime
+    token = session_token(request)
+    if not token:
+        raise Unauthorized(_NOT_LOGGED_IN)
+    ip = client_ip(request)
+    return rt, token, ip, accounts.cached_session(rt.engine, rt.settings, token, ip=ip)
+
+
 @dataclass(frozen=True)
 class UploadPut:
     """What a PUT of a file into an upload session needs: the session, the actor and the
@@ -241,12 +252,7 @@ def upload_put(permission: Permission) -> Callable[..., Awaitable[UploadPut]]:
         project_id: Annotated[int, Path(ge=1)],
         upload_id: Annotated[str, Path(min_length=1, max_length=64)],
     ) -> UploadPut:
-        rt: Runtime = request.app.state.runtime
-        token = session_token(request)
-        if not token:
-            raise Unauthorized(_NOT_LOGGED_IN)
-        ip = client_ip(request)
-        check = accounts.cached_session(rt.engine, rt.settings, token, ip=ip)
+        rt, token, ip, check = _cached_check(request)
         found = _upload_put_cached(rt, check, project_id, upload_id, permission) if check is not None else None
         if found is None:
             return await run_in_threadpool(_upload_put_access, rt, token, ip, project_id, upload_id, permission)
@@ -325,12 +331,7 @@ def item_pixels(permission: Permission) -> Callable[..., Awaitable[PixelAccess]]
     one request of the session while the others go on."""
 
     async def dep(request: Request, item_id: Annotated[int, Path(ge=1)]) -> PixelAccess:
-        rt: Runtime = request.app.state.runtime
-        token = session_token(request)
-        if not token:
-            raise Unauthorized(_NOT_LOGGED_IN)
-        ip = client_ip(request)
-        check = accounts.cached_session(rt.engine, rt.settings, token, ip=ip)
+        rt, token, ip, check = _cached_check(request)
         found = _pixel_access_cached(rt, check, item_id, permission) if check is not None else None
         if found is None:
             return await _coalesced(

@@ -31,7 +31,6 @@ import multiprocessing
 import os
 import posixpath
 import shutil
-import struct
 import threading
 import traceback
 import uuid
@@ -246,50 +245,6 @@ def _mapped(path: Path, sink: list[str]) -> Dataset | None:
         return open_mapped(path, warnings_sink=sink)
     except (OSError, MedlabelError):
         return None  # the whole-file read reports it
-_PIXEL_HEADER = {  # (7FE0,0010) tag and VR as written by each native transfer syntax
-    "1.2.840.10008.1.2": (b"\xe0\x7f\x10\x00", None, "<"),
-    "1.2.840.10008.1.2.1": (b"\xe0\x7f\x10\x00", b"\x00\x00", "<"),
-    "1.2.840.10008.1.2.2": (b"\x7f\xe0\x00\x10", b"\x00\x00", ">"),
-}
-
-
-def _encode(ds: Dataset) -> list[bytes | memoryview]:
-    """``ds`` as a PS3.10 file, in pieces (written one after the other).
-
-    pydicom writes everything but native Pixel Data, which is appended as it was read: its value
-    is unchanged by de-identification, so it is neither copied nor re-encoded. Any other layout
-    (encapsulated or odd-length pixels, elements after the pixels) is written by pydicom whole.
-    """
-    meta = getattr(ds, "file_meta", None)
-    ts = str(meta.get("TransferSyntaxUID", "") or "") if meta is not None else ""
-    head = _PIXEL_HEADER.get(ts)
-    pix = ds.get_item(0x7FE00010) if head is not None else None
-    value = pix.value if pix is not None else None
-    split = (
-        head is not None
-        and pix is not None
-        and isinstance(value, bytes)
-        and len(value) % 2 == 0
-        and len(value) < 0xFFFFFFFF
-        and (head[1] is None or pix.VR in ("OB", "OW"))
-        and max(ds.keys()) == 0x7FE00010
-    )
-    buf = io.BytesIO()
-    if not split:
-        pydicom.dcmwrite(buf, ds, enforce_file_format=True)
-        return [buf.getbuffer()]
-    assert head is not None and pix is not None and isinstance(value, bytes)
-    del ds[0x7FE00010]
-    try:
-        pydicom.dcmwrite(buf, ds, enforce_file_format=True)
-    finally:
-        ds[0x7FE00010] = pix
-    tag, reserved, order = head
-    length = struct.pack(f"{order}I", len(value))
-    element = tag + length if reserved is None else tag + str(pix.VR).encode() + reserved + length
-    return [buf.getbuffer(), element, value]
-
-
 def _check_pixels(ds: Dataset, limits: IngestLimits, sink: list[str]) -> None:
     """Refuse pixel data that cannot be read (the rule is in ``docs/ingest.md``).
 
@@ -522,6 +477,27 @@ class _Run:
         with self.sessions() as s:
             return s.scalar(select(Item.id).where(Item.project_id == self.project_id, Item.dedup_key == key))
 
+    def _audit(self, s: Session, item: Item, *, files: int, **extra: Any) -> None:
+        """The ``image.import`` record of a stored item (last in its transaction)."""
+        detail = {
+            "kind": item.kind,
+            "format": item.source_format,
+            "files": files,
+            "job_id": self.job_id,
+            "status": item.status,
+            **extra,
+        }
+        audit.record(
+            s,
+            self.actor.event(
+                AuditAction.IMAGE_IMPORT,
+                object_type="item",
+                object_id=str(item.id),
+                project_id=self.project_id,
+                detail=detail,
+            ),
+        )
+
     def create_items(self, items: list[Item], *, blob: str) -> list[int] | None:
         """Several items of one stored file in one transaction (an audit record each); None when
         a concurrent import stored them first."""
@@ -535,23 +511,7 @@ class _Run:
                     s.add(item)
                 s.flush()
                 for item in items:
-                    audit.record(
-                        s,
-                        self.actor.event(
-                            AuditAction.IMAGE_IMPORT,
-                            object_type="item",
-                            object_id=str(item.id),
-                            project_id=self.project_id,
-                            detail={
-                                "kind": item.kind,
-                                "format": item.source_format,
-                                "files": 1,
-                                "job_id": self.job_id,
-                                "status": item.status,
-                                "volume_index": (item.meta or {}).get("volume_index", 0),
-                            },
-                        ),
-                    )
+                    self._audit(s, item, files=1, volume_index=(item.meta or {}).get("volume_index", 0))
                 return [item.id for item in items]
         except IntegrityError:
             return None
@@ -610,22 +570,7 @@ class _Run:
                         )
                     )
                 s.flush()
-                audit.record(
-                    s,
-                    self.actor.event(
-                        AuditAction.IMAGE_IMPORT,
-                        object_type="item",
-                        object_id=str(item.id),
-                        project_id=self.project_id,
-                        detail={
-                            "kind": item.kind,
-                            "format": item.source_format,
-                            "files": files,
-                            "job_id": self.job_id,
-                            "status": item.status,
-                        },
-                    ),
-                )
+                self._audit(s, item, files=files)
                 return item.id
         except IntegrityError:
             return None  # a concurrent import stored the same content first
