@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import threading
 import time
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 
 import pytest
 from sqlalchemy import select, text, update
@@ -82,9 +82,16 @@ def test_idle_expiry_is_exact_with_the_cache(client, runtime):
     make_user(runtime, "dave")
     h = login(client, "dave")
     assert _me(client, h).status_code == 200
-    clock.set_offset(runtime.settings.idle_timeout - timedelta(seconds=1))
+    with session_scope(runtime.sessions) as s:
+        seen = s.scalar(
+            select(UserSession.last_seen_at).where(
+                UserSession.token_hash == accounts.hash_token(h["Authorization"].removeprefix("Bearer "))
+            )
+        )
+    # the clock set from the session's own last-seen time, however long the machine took so far
+    clock.set_offset(seen + runtime.settings.idle_timeout - timedelta(seconds=1) - datetime.now(UTC))
     assert _me(client, h).status_code == 200  # 1 s before the idle limit: refreshed
-    clock.set_offset(2 * runtime.settings.idle_timeout)  # idle since the refresh: ended
+    clock.set_offset(3 * runtime.settings.idle_timeout)  # idle since the refresh: ended
     r = _me(client, h)
     assert r.status_code == 401 and error_of(r)["code"] == "session_expired"
 
