@@ -231,9 +231,18 @@ def test_cli_import_of_a_folder_with_progress(runtime, settings, tmp_path, monke
     (tmp_path / "series" / "readme.txt").write_text("not an image")
     monkeypatch.setenv("MEDLABEL_HOME", str(settings.home))
     monkeypatch.setenv("MEDLABEL_DATABASE_URL", settings.database_url)
+    from medlabel.cli import items as cli_items
+
+    linked: list[str] = []
+    real_link = os.link
+    monkeypatch.setattr(cli_items.os, "link", lambda a, b: (linked.append(str(a)), real_link(a, b))[1])
+    before = {p: p.read_bytes() for p in paths}
     res = CliRunner().invoke(app, ["import", str(pid), str(tmp_path / "series")])
     assert res.exit_code == 0, res.output
     assert "5 imported" in res.output and "1 error" in res.output and "readme.txt" in res.output
+    # the files went into the upload folder as hard links, and the originals are as they were
+    assert len([a for a in linked if a.startswith(str(tmp_path / "series"))]) == 6
+    assert all(p.read_bytes() == data and p.stat().st_nlink == 1 for p, data in before.items())
     res = CliRunner().invoke(app, ["import", "Shell", str(tmp_path / "series")])
     assert "5 duplicate" in res.output
     with session_scope(runtime.sessions) as s:

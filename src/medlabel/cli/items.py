@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 from pathlib import Path
 from typing import Annotated
@@ -15,6 +16,13 @@ from medlabel.items import service as items
 from medlabel.items.ingest import new_upload_dir, safe_name
 from medlabel.storage.db import session_scope
 from medlabel.storage.models import Project
+
+
+def _link_or_copy(src: Path, dst: Path) -> None:
+    try:
+        os.link(src, dst)
+    except OSError:  # another file system, or links not allowed
+        shutil.copyfile(src, dst)
 
 
 def _files(paths: list[Path]) -> list[Path]:
@@ -55,8 +63,16 @@ def register(app: typer.Typer) -> None:
                 proj = proj or s.scalar(select(Project).where(Project.name == project))
                 if proj is None:
                     raise NotFound(f"no project with id or name {project!r}")
-                for i, f in enumerate(files):
-                    shutil.copyfile(f, upload / safe_name(f.name, i))
+                project_id = proj.id
+            # outside any transaction (on SQLite a writing one would hold the write turn meanwhile);
+            # hard links where the data folder is on the same file system: the import only reads
+            # the files of its upload folder and removes the folder at the end
+            for i, f in enumerate(files):
+                _link_or_copy(f, upload / safe_name(f.name, i))
+            with session_scope(rt.sessions) as s:
+                proj = s.get(Project, project_id)
+                if proj is None:
+                    raise NotFound(f"project {project!r} was deleted meanwhile")
                 job = items.start_import(
                     s, _cli_actor(), project=proj, upload_dir=upload, home=rt.settings.home
                 )
