@@ -510,3 +510,25 @@ def test_blobs_are_adopted_by_link_and_their_folders_synced(runtime, tmp_path):
     store.sync_dirs([digest])
     src.unlink()
     assert store.get(digest) == b"adopted"
+
+
+def test_cli_import_copies_files_big_enough_to_be_mapped(runtime, settings, tmp_path, monkeypatch):
+    """A file the import memory-maps is copied, not linked: someone cutting the original short
+    meanwhile must not crash the process reading the mapping."""
+    from typer.testing import CliRunner
+
+    from medlabel.cli import items as cli_items
+    from medlabel.cli.main import app
+    from medlabel.items.ingest import MAP_BYTES_ENV
+
+    pid = make_project(runtime, "Big")
+    paths, _ = ct_series(tmp_path / "series", slices=3)
+    monkeypatch.setenv("MEDLABEL_HOME", str(settings.home))
+    monkeypatch.setenv("MEDLABEL_DATABASE_URL", settings.database_url)
+    monkeypatch.setenv(MAP_BYTES_ENV, "0")  # every file is "big"
+    linked: list[str] = []
+    real_link = os.link
+    monkeypatch.setattr(cli_items.os, "link", lambda a, b: (linked.append(str(a)), real_link(a, b))[1])
+    res = CliRunner().invoke(app, ["import", str(pid), str(tmp_path / "series")])
+    assert res.exit_code == 0 and "3 imported" in res.output, res.output
+    assert not [a for a in linked if a.startswith(str(tmp_path / "series"))]

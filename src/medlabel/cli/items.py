@@ -19,10 +19,18 @@ from medlabel.storage.models import Project
 
 
 def _link_or_copy(src: Path, dst: Path) -> None:
+    """Hard-link ``src`` (copy it across file systems). A file big enough to be memory-mapped by
+    the import (``MEDLABEL_IMPORT_MAP_BYTES``) is copied: a mapped file cut short by someone else
+    meanwhile would crash the process reading it (SIGBUS), and a copy is ours alone."""
+    from medlabel.items.ingest import map_bytes
+
     try:
-        os.link(src, dst)
+        if src.stat().st_size < map_bytes():
+            os.link(src, dst)
+            return
     except OSError:  # another file system, or links not allowed
-        shutil.copyfile(src, dst)
+        pass
+    shutil.copyfile(src, dst)
 
 
 def _files(paths: list[Path]) -> list[Path]:

@@ -110,6 +110,8 @@ __all__ = [
     "deid_for",
     "not_importable",
     "DICOMDIR_NOTE",
+    "MAP_BYTES_ENV",
+    "map_bytes",
 ]
 
 log = logging.getLogger(__name__)
@@ -227,7 +229,7 @@ _WORK_NAMES = itertools.count()
 MAP_BYTES_ENV = "MEDLABEL_IMPORT_MAP_BYTES"
 
 
-def _map_bytes() -> int:
+def map_bytes() -> int:
     """Files from this size on have their Pixel Data mapped, not read (``MEDLABEL_IMPORT_MAP_BYTES``,
     default 64 MiB; ``medlabel.imaging.dicom_map``)."""
     raw = os.environ.get(MAP_BYTES_ENV, "").strip()
@@ -240,7 +242,7 @@ def _map_bytes() -> int:
 def _mapped(path: Path, sink: list[str]) -> Dataset | None:
     """``open_mapped(path)`` for a big file (None: read it whole)."""
     try:
-        if path.stat().st_size < _map_bytes():
+        if path.stat().st_size < map_bytes():
             return None
         return open_mapped(path, warnings_sink=sink)
     except (OSError, MedlabelError):
