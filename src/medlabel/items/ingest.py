@@ -75,6 +75,7 @@ from medlabel.imaging.dicom_map import decodable, open_mapped
 from medlabel.imaging.dicom_wsi import WSI_SOP_CLASS, open_dicom_slide
 from medlabel.imaging.limits import check_budget
 from medlabel.imaging.model import ImageInfo
+from medlabel.imaging.multiframe import read_multiframe_volumes
 from medlabel.imaging.render import PRESETS
 from medlabel.imaging.series import SeriesStack, SliceHeader, group_series
 from medlabel.items.models import Instance, Item, QuarantineEntry, Study
@@ -625,9 +626,75 @@ def _import_dicoms(run: _Run, prepared: list[_Dicom]) -> None:
             continue
         for m in members:
             try:
-                _store_image(run, m)
+                if not (m.info.frames > 1 and not m.info.is_color and _store_multiframe_volume(run, m)):
+                    _store_image(run, m)
             except MedlabelError as exc:
                 run.report.add(FileReport(m.name, "error", exc.message, exc.code))
+
+
+def _store_multiframe_volume(run: _Run, m: _Dicom) -> bool:
+    """An enhanced (or legacy converted) multi-frame file that is one evenly spaced volume, every
+    frame at its own position, becomes a ``volume`` item (one instance, ``meta.multiframe``), as
+    the same slices in single-frame files would; True when stored. Anything else (not enhanced,
+    gaps, frames sharing positions: cine, diffusion) stays a multi-frame ``image``, every frame
+    kept, with the reason among its warnings (False)."""
+    try:
+        volumes = read_multiframe_volumes(str(m.path), limits=run.limits.image)
+    except UnsupportedMedia:
+        return False  # not enhanced: no per-frame geometry
+    except MedlabelError as exc:
+        m.warnings.append(f"multi-frame geometry unusable ({exc.message}); kept as a multi-frame image")
+        return False
+    if len(volumes) != 1 or volumes[0].shape[0] != m.info.frames:
+        m.warnings.append(
+            f"multi-frame with {m.info.frames} frames does not make one volume (gaps or frames sharing "
+            "positions); kept as a multi-frame image"
+        )
+        return False
+    vol = volumes[0]
+    info = m.info
+    blob = run.put_file(m.path)
+    z, y, x = vol.shape
+    item = _new_item(
+        run,
+        kind="volume",
+        source_format="dicom",
+        name=f"{info.modality or 'DICOM'} multi-frame volume ({z} slices)",
+        dedup_key=f"sop:{info.uids.sop_instance_uid}"[:128],
+        patient_pseudonym=m.pseudonym[:64],
+        study_uid=info.uids.study_instance_uid,
+        series_uid=info.uids.series_instance_uid,
+        modality=info.modality[:16],
+        width=x,
+        height=y,
+        frames=z,
+        meta={
+            "spacing": [float(v) for v in vol.spacing],
+            "windows": _window_meta(info),
+            "presets": _presets_for(info.modality),
+            "photometric": str(info.photometric),
+            "multiframe": True,
+            "warnings": list(dict.fromkeys([*vol.warnings, *m.warnings]))[:50],
+        },
+    )
+    inst = Instance(
+        project_id=run.project_id,
+        series_uid=info.uids.series_instance_uid,
+        sop_instance_uid=info.uids.sop_instance_uid,
+        blob_sha256=blob,
+        slice_index=0,
+        position=None,
+        frames=info.frames,
+    )
+    item_id = run.create_item(
+        item,
+        instances=[inst],
+        study=(info.uids.study_instance_uid, m.pseudonym[:64], info.modality[:16]),
+        reasons=m.reasons,
+        blob=blob,
+    )
+    _report_single(run, m.name, item_id, m.reasons, m.warnings)
+    return True
 
 
 def _store_volume(run: _Run, stack: SeriesStack, members: list[_Dicom]) -> None:

@@ -54,6 +54,7 @@ from medlabel.imaging import (
 from medlabel.imaging.dicom_wsi import DicomSlide, open_dicom_slide
 from medlabel.imaging.dzi import render_tile
 from medlabel.imaging.mpr import plane_count
+from medlabel.imaging.multiframe import read_multiframe_volumes
 from medlabel.imaging.render import (
     PRESETS,
     ImageFormat,
@@ -314,6 +315,9 @@ def _decode(sessions: sessionmaker[Session], blobs: BlobStore, home: Path, item:
             raise NotFound(f"item {item.id} has no stored instances")
         if item.kind == "image":
             return _Loaded(read_dicom(blobs.get(insts[0].blob_sha256)), None, None)
+        if (item.meta or {}).get("multiframe"):  # one enhanced multi-frame file, one volume
+            (vol,) = read_multiframe_volumes(str(_blob_path(blobs, insts[0].blob_sha256, home)))
+            return _Loaded(None, vol, vol.windows[0] if vol.windows else auto_window(vol.array))
         paths = [str(_blob_path(blobs, i.blob_sha256, home)) for i in insts]
         headers = tuple(SliceHeader(p, read_dicom_info(p)) for p in paths)
         spacing = float((item.meta or {}).get("spacing", [1.0])[0] or 1.0)
