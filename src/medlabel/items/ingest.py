@@ -639,9 +639,11 @@ def _store_multiframe_volume(run: _Run, m: _Dicom) -> bool:
     gaps, frames sharing positions: cine, diffusion) stays a multi-frame ``image``, every frame
     kept, with the reason among its warnings (False)."""
     try:
+        if "PerFrameFunctionalGroupsSequence" not in open_dataset(str(m.path), stop_before_pixels=True):
+            return False  # not enhanced: no per-frame geometry (and the pixels are not read again)
         volumes = read_multiframe_volumes(str(m.path), limits=run.limits.image)
     except UnsupportedMedia:
-        return False  # not enhanced: no per-frame geometry
+        return False
     except MedlabelError as exc:
         m.warnings.append(f"multi-frame geometry unusable ({exc.message}); kept as a multi-frame image")
         return False
