@@ -679,23 +679,7 @@ def _store_multiframe_volume(run: _Run, m: _Dicom) -> bool:
             "warnings": list(dict.fromkeys([*vol.warnings, *m.warnings]))[:50],
         },
     )
-    inst = Instance(
-        project_id=run.project_id,
-        series_uid=info.uids.series_instance_uid,
-        sop_instance_uid=info.uids.sop_instance_uid,
-        blob_sha256=blob,
-        slice_index=0,
-        position=None,
-        frames=info.frames,
-    )
-    item_id = run.create_item(
-        item,
-        instances=[inst],
-        study=(info.uids.study_instance_uid, m.pseudonym[:64], info.modality[:16]),
-        reasons=m.reasons,
-        blob=blob,
-    )
-    _report_single(run, m.name, item_id, m.reasons, m.warnings)
+    _store_single_file(run, m, item, blob)
     return True
 
 
@@ -757,6 +741,13 @@ def _store_image(run: _Run, m: _Dicom) -> None:
             "warnings": m.warnings[:50],
         },
     )
+    _store_single_file(run, m, item, blob)
+
+
+def _store_single_file(run: _Run, m: _Dicom, item: Item, blob: str) -> None:
+    """Store ``item`` made of the one file ``m`` (its instance row, study, quarantine, audit) and
+    report the file."""
+    info = m.info
     inst = Instance(
         project_id=run.project_id,
         series_uid=info.uids.series_instance_uid,
