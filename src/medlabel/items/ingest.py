@@ -579,6 +579,20 @@ class _Run:
             return None  # a concurrent import stored the same content first
 
 
+def _dicom_item(run: _Run, m: _Dicom, **kw: Any) -> Item:
+    """``_new_item`` for DICOM: patient, study, series and modality from the (first) file ``m``."""
+    info = m.info
+    return _new_item(
+        run,
+        source_format="dicom",
+        patient_pseudonym=m.pseudonym[:64],
+        study_uid=info.uids.study_instance_uid,
+        series_uid=info.uids.series_instance_uid,
+        modality=info.modality[:16],
+        **kw,
+    )
+
+
 def _new_item(run: _Run, **kw: Any) -> Item:
     return Item(
         project_id=run.project_id,
@@ -657,16 +671,12 @@ def _store_multiframe_volume(run: _Run, m: _Dicom) -> bool:
     info = m.info
     blob = run.put_file(m.path)
     z, y, x = vol.shape
-    item = _new_item(
+    item = _dicom_item(
         run,
+        m,
         kind="volume",
-        source_format="dicom",
         name=f"{info.modality or 'DICOM'} multi-frame volume ({z} slices)",
         dedup_key=f"sop:{info.uids.sop_instance_uid}"[:128],
-        patient_pseudonym=m.pseudonym[:64],
-        study_uid=info.uids.study_instance_uid,
-        series_uid=info.uids.series_instance_uid,
-        modality=info.modality[:16],
         width=x,
         height=y,
         frames=z,
@@ -692,16 +702,12 @@ def _store_volume(run: _Run, stack: SeriesStack, members: list[_Dicom]) -> None:
     ps = first.pixel_spacing or (1.0, 1.0)
     spacing = stack.spacing if stack.spacing > 0 else (first.slice_thickness or 1.0)
     warnings = list(dict.fromkeys(list(stack.warnings) + [w for m in members for w in m.warnings]))
-    item = _new_item(
+    item = _dicom_item(
         run,
+        members[0],
         kind="volume",
-        source_format="dicom",
         name=f"{first.modality or 'DICOM'} series ({len(members)} slices{', ' + stack.label if stack.label else ''})",
         dedup_key=key,
-        patient_pseudonym=members[0].pseudonym[:64],
-        study_uid=first.uids.study_instance_uid,
-        series_uid=first.uids.series_instance_uid,
-        modality=first.modality[:16],
         width=first.columns,
         height=first.rows,
         frames=len(members),
@@ -720,16 +726,12 @@ def _store_volume(run: _Run, stack: SeriesStack, members: list[_Dicom]) -> None:
 def _store_image(run: _Run, m: _Dicom) -> None:
     info = m.info
     blob = run.put_file(m.path)
-    item = _new_item(
+    item = _dicom_item(
         run,
+        m,
         kind="image",
-        source_format="dicom",
         name=f"{info.modality or 'DICOM'} image",
         dedup_key=f"sop:{info.uids.sop_instance_uid}"[:128],
-        patient_pseudonym=m.pseudonym[:64],
-        study_uid=info.uids.study_instance_uid,
-        series_uid=info.uids.series_instance_uid,
-        modality=info.modality[:16],
         width=info.columns,
         height=info.rows,
         frames=info.frames,
@@ -1090,16 +1092,12 @@ def _store_dicom_slide(run: _Run, members: list[_Dicom], notes: list[str]) -> No
     reasons = tuple(dict.fromkeys(r for m in members for r in m.reasons))
     blobs = [run.put_file(m.path) for m in members]
     warnings = list(dict.fromkeys(list(info.warnings) + notes + [w for m in members for w in m.warnings]))
-    item = _new_item(
+    item = _dicom_item(
         run,
+        members[0],
         kind="slide",
-        source_format="dicom",
         name=f"{first.modality or 'DICOM'} slide {info.width}x{info.height}",
         dedup_key=key,
-        patient_pseudonym=members[0].pseudonym[:64],
-        study_uid=first.uids.study_instance_uid,
-        series_uid=first.uids.series_instance_uid,
-        modality=first.modality[:16],
         width=info.width,
         height=info.height,
         frames=1,
