@@ -47,7 +47,7 @@ from medlabel.deid.stores import DateOffsetStore, PseudonymStore
 from medlabel.deid.uids import remap_uid
 from medlabel.errors import ConfigurationError, DicomError, MedlabelError
 
-__all__ = ["DeidContext", "DeidResult", "deidentify_dataset", "OPTION_CODES"]
+__all__ = ["DeidContext", "DeidResult", "DeidState", "deidentify_dataset", "deidentify_more", "independent_element", "OPTION_CODES"]
 
 #: CID 7050 De-identification Method codes (PS3.16), from pydicom's code dictionary where present.
 OPTION_CODES: Mapping[Option | None, Code] = {
@@ -103,6 +103,22 @@ class DeidContext:
 
 
 @dataclass(frozen=True, slots=True)
+class DeidState:
+    """What one ``deidentify_dataset`` call decided that every element of that data set was
+    treated under: the patient's pseudonym and date offset, the identifiers masked in free
+    text (Clean Descriptors), and whether a date or time was removed or dummied. Given the same
+    state, a top-level element that is neither private, a sequence, a patient identifier nor an
+    input of any of these decisions comes out of the engine the same wherever it is
+    (:func:`deidentify_more`)."""
+
+    pseudonym: str
+    offset: int | None
+    identifiers: re.Pattern[str] | None
+    dates_touched: bool
+    patient: tuple[str, str]  #: (Patient ID, or "NAME:" + Patient's Name; issuer): the store's key
+
+
+@dataclass(frozen=True, slots=True)
 class DeidResult:
     """What ``deidentify_dataset`` produced and decided."""
 
@@ -114,6 +130,7 @@ class DeidResult:
     action_counts: Mapping[str, int]  #: action code (or ``private``, ``group-length``) → elements
     pseudonym: str  #: the new Patient ID
     date_offset_days: int | None  #: the shift applied to dates, when dates were modified
+    state: DeidState | None = None  #: the decisions to treat more elements of this data set alike
 
 
 @dataclass
@@ -582,7 +599,27 @@ def deidentify_dataset(
         action_counts=dict(run.counts),
         pseudonym=run.pseudonym,
         date_offset_days=run.offset,
+        state=DeidState(run.pseudonym, run.offset, run.identifiers, run.dates_touched, (pid, issuer)),
     )
+
+
+def deidentify_more(
+    ds: Dataset, config: DeidConfig, ctx: DeidContext, state: DeidState
+) -> tuple[tuple[str, ...], bool]:
+    """De-identify, in place, top-level elements of a data set that ``deidentify_dataset``
+    already treated under ``state``, as that call would have treated them; returns the
+    warnings and whether a date or time was removed or dummied.
+
+    ``ds`` holds only those elements (plus, for decoding text, the data set's Specific Character
+    Set): neither private nor patient identifier elements, no sequences, no group lengths and
+    no overlay groups, nor anything ``state`` was derived from (identifier-like elements, the
+    burned-in annotation inputs). The caller (``medlabel.deid.reuse``) checks that; the result
+    is then what a whole-data-set call gives for these elements, which its tests compare byte
+    for byte.
+    """
+    run = _Run(config, ctx, pseudonym=state.pseudonym, offset=state.offset, identifiers=state.identifiers)
+    _Cleaner(run).clean(ds, top=True)
+    return tuple(run.warnings), run.dates_touched
 
 
 def _file_meta(original: Dataset, out: Dataset) -> None:
@@ -604,3 +641,59 @@ def _file_meta(original: Dataset, out: Dataset) -> None:
     meta.ImplementationClassUID = PYDICOM_IMPLEMENTATION_UID
     meta.ImplementationVersionName = "MEDLABEL_DEID"
     out.file_meta = meta
+
+
+#: Top-level attributes a whole-data-set call reads to decide its state, or sets after its walk:
+#: the patient (pseudonym key), the burned-in annotation inputs (0028,0301 is in group 0028),
+#: the character set every text is decoded with.
+_STATE_INPUTS = frozenset({
+    _PATIENT_ID, _PATIENT_NAME, _ISSUER,
+    0x00080005,  # Specific Character Set
+    0x00080016,  # SOP Class UID (also the Media Storage SOP Class UID of the File Meta)
+    0x00080060,  # Modality
+})
+#: Group 0028 elements that vary from slice to slice and describe no pixel layout: Window Center,
+#: Width, Rescale Intercept, Slope, Type, Window Center & Width Explanation (PS3.3 C.11.2, C.11.1).
+_WINDOW_AND_RESCALE = frozenset(range(0x00281050, 0x00281056))
+_INDEPENDENT: dict[tuple[int, str | None, DeidConfig], bool] = {}
+
+
+def independent_element(tag: int, vr: str | None, config: DeidConfig) -> bool:
+    """Whether a top-level element ``tag`` of VR ``vr`` is treated by the engine on its own:
+    the same value gives the same output under the same :class:`DeidState`, and no other
+    element's treatment or the state depends on it. Such elements are what
+    :func:`deidentify_more` takes.
+
+    Not independent: no or an ambiguous VR, sequences (nested patients, text dummies), ``UN``
+    (pydicom may know better), private elements (their creator decides), group lengths,
+    repeating groups (overlays, curves: removed as a group), groups 0000 (command), 0002 (File
+    Meta) and 0012 (what the engine writes about itself), group 0028 but for window and rescale
+    values (the pixel description, Burned In Annotation), the inputs of the state (patient, character set, SOP Class, Modality), and the
+    identifier-like elements whose values the Clean options mask elsewhere in free text.
+    """
+    key = (tag, vr, config)
+    found = _INDEPENDENT.get(key)
+    if found is None:
+        found = _independent(tag, vr, config)
+        if len(_INDEPENDENT) < _ROWS_MAX:
+            _INDEPENDENT[key] = found
+    return found
+
+
+def _independent(tag: int, vr: str | None, config: DeidConfig) -> bool:
+    group, element = tag >> 16, tag & 0xFFFF
+    if not vr or vr in ("SQ", "UN") or " " in vr or len(vr) != 2:
+        return False
+    if group % 2 or element == 0 or group in (0x0000, 0x0002, 0x0012) or (group >> 8) in (0x50, 0x60):
+        return False
+    if group == 0x0028 and tag not in _WINDOW_AND_RESCALE:
+        return False
+    if tag in _STATE_INPUTS:
+        return False
+    if not (config.has(Option.CLEAN_DESCRIPTORS) or config.has(Option.RETAIN_PATIENT_CHARACTERISTICS)):
+        return True  # no identifiers are collected (``deidentify_dataset``)
+    row = _row(tag)
+    if row is None or vr not in _IDENTIFIER_VRS:
+        return True
+    code = resolve_action(row, config.options, config.compound_policy)[0]
+    return code in ("K", "C")  # the others are collected as identifiers to mask in free text

@@ -46,7 +46,7 @@ from pydicom.tag import BaseTag
 from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, UID, DeflatedExplicitVRLittleEndian
 from pydicom.valuerep import AMBIGUOUS_VR, CUSTOMIZABLE_CHARSET_VR, EXPLICIT_VR_LENGTH_32, PersonName
 
-__all__ = ["encode_dataset"]
+__all__ = ["encode_dataset", "encode_element", "dataset_encodings"]
 
 _Element = DataElement | RawDataElement
 _Encoding = str | MutableSequence[str]
@@ -466,3 +466,34 @@ def encode_dataset(ds: Dataset) -> list[bytes | memoryview]:
     except (_Fallback, *_ENCODE_ERRORS):
         pass  # pydicom writes it whole, raising its own error (not chained to ours) if any
     return _pydicom_encode(ds)
+
+
+@functools.cache
+def _little_writer(implicit: bool) -> _Writer:
+    return _Writer(implicit, little=True)
+
+
+def dataset_encodings(ds: Dataset) -> tuple[list[str], _Encoding | None]:
+    """The character sets the top-level elements of ``ds`` are written in, as the writer works
+    them out (``encodings``, and the data set's own Specific Character Set value or None)."""
+    dataset_encoding: _Encoding | None = default_encoding
+    if _SPECIFIC_CHARACTER_SET in ds._dict:
+        dataset_encoding = cast(_Encoding | None, ds.get("SpecificCharacterSet", default_encoding))
+    return convert_encodings(dataset_encoding or [default_encoding]), dataset_encoding
+
+
+def encode_element(
+    tag: int,
+    elem: _Element,
+    *,
+    implicit: bool,
+    encodings: list[str],
+    dataset_encoding: _Encoding | None,
+) -> bytes:
+    """One top-level element (tag, VR, length, value) of a little-endian data set, as
+    :func:`encode_dataset` writes it in the data set whose character sets are ``encodings`` /
+    ``dataset_encoding`` (:func:`dataset_encodings`) when that data set needs no conversion
+    (read in the syntax it is written in, character set unchanged)."""
+    out = _Sink(little=True)
+    _little_writer(implicit).element(out, tag, elem, encodings, dataset_encoding)
+    return b"".join(bytes(p) if not isinstance(p, bytes) else p for p in out.parts)

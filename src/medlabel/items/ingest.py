@@ -59,6 +59,8 @@ from medlabel.accounts.service import Actor
 from medlabel.audit import service as audit
 from medlabel.audit.events import AuditAction
 from medlabel.deid import DeidConfig, DeidContext, Option, deidentify_dataset, deidentify_nifti
+from medlabel.deid.engine import DeidResult
+from medlabel.deid.reuse import Scan, SeriesTemplates, scan
 from medlabel.deid.slide import scrub_slide_tiff
 from medlabel.deid.stores import (
     MappedDateOffsetStore,
@@ -191,6 +193,19 @@ def _prepare_dicom(
     hashes, writes and fsyncs it on an I/O thread while this thread reads the next file), else
     written here.
     """
+    target = work / f"{os.getpid()}-{next(_WORK_NAMES):08d}.dcm"  # unique across worker processes
+    raw: Scan | None = None
+    if config is not None and ctx is not None:
+        if source is None:
+            source = _small_file(cand.path)
+        raw = scan(source) if source is not None else None
+        if raw is not None and source is not None:
+            reused = _SERIES.apply(source, raw, config=config, ctx=ctx)
+            if reused is not None:
+                info = reused.info
+                _native_budget(limits, info.rows, info.columns, info.frames, info.samples_per_pixel, info.bits_allocated)
+                _write_or_stage(target, reused.pieces, stage)
+                return _Dicom(cand.name, target, info, reused.reasons, reused.pseudonym, [])
     sink: list[str] = []
     ds = _mapped(cand.path, sink) if source is None else None
     if ds is None:
@@ -204,10 +219,11 @@ def _prepare_dicom(
         raise UnsupportedMedia(f"no Pixel Data (7FE0,0010): SOP Class {sop} is not an image")
     # truncated or undecodable pixel data is refused before anything is stored
     with decodable(ds):
-        _check_pixels(ds, limits, sink)
+        native = _check_pixels(ds, limits, sink)
     reasons: tuple[str, ...] = ()
     pseudonym = str(ds.get("PatientID", "") or "")
     out: Dataset = ds
+    res: DeidResult | None = None
     if config is not None and ctx is not None:
         res = deidentify_dataset(ds, config, ctx, in_place=True)
         out, reasons, pseudonym = res.dataset, res.reasons, res.pseudonym
@@ -217,13 +233,36 @@ def _prepare_dicom(
         data = encode_dataset(out)
     except (ValueError, TypeError, AttributeError, KeyError) as exc:
         raise InvalidInput(f"cannot write the de-identified data set: {exc}") from exc
-    target = work / f"{os.getpid()}-{next(_WORK_NAMES):08d}.dcm"  # unique across worker processes
+    if raw is not None and source is not None and res is not None and native and not sink:
+        assert config is not None
+        _SERIES.learn(source, raw, config=config, result=res, pieces=data, info=info)
+    _write_or_stage(target, data, stage)
+    return _Dicom(cand.name, target, info, tuple(reasons), pseudonym, list(dict.fromkeys(sink)))
+
+
+#: The templates of the series this process prepared lately (``medlabel.deid.reuse``): the next
+#: files of a series are prepared from them, byte for byte as the whole way would.
+_SERIES = SeriesTemplates()
+
+
+def _small_file(path: Path) -> bytes | None:
+    """The file's bytes when it is read whole anyway (under ``map_bytes()``), else None."""
+    try:
+        if path.stat().st_size >= map_bytes():
+            return None
+        return path.read_bytes()
+    except OSError:
+        return None  # the reader reports it
+
+
+def _write_or_stage(
+    target: Path, data: list[bytes | memoryview], stage: Callable[[Path, list[bytes | memoryview]], None] | None
+) -> None:
     if stage is None:
         with open(target, "wb") as fh:
             fh.writelines(data)
     else:
         stage(target, data)
-    return _Dicom(cand.name, target, info, tuple(reasons), pseudonym, list(dict.fromkeys(sink)))
 
 
 _WORK_NAMES = itertools.count()
@@ -248,7 +287,7 @@ def _mapped(path: Path, sink: list[str]) -> Dataset | None:
         return open_mapped(path, warnings_sink=sink)
     except (OSError, MedlabelError):
         return None  # the whole-file read reports it
-def _check_pixels(ds: Dataset, limits: IngestLimits, sink: list[str]) -> None:
+def _check_pixels(ds: Dataset, limits: IngestLimits, sink: list[str]) -> bool:
     """Refuse pixel data that cannot be read (the rule is in ``docs/ingest.md``).
 
     Native (uncompressed) Pixel Data is not decoded: pydicom's decoder validates the image
@@ -260,8 +299,9 @@ def _check_pixels(ds: Dataset, limits: IngestLimits, sink: list[str]) -> None:
     files on every frame.
     """
     if _native_pixels_ok(ds, limits, sink):
-        return
+        return True
     image_from_dataset(ds, limits=limits.image, frames=_frames_to_check(ds), warnings_sink=sink)
+    return False
 
 
 def _native_pixels_ok(ds: Dataset, limits: IngestLimits, sink: list[str]) -> bool:
@@ -293,6 +333,15 @@ def _native_pixels_ok(ds: Dataset, limits: IngestLimits, sink: list[str]) -> boo
         return False
     if actual not in (expected, expected + expected % 2):
         return False
+    _native_budget(limits, rows, columns, frames, samples, bits)
+    for w in caught:
+        msg = str(w.message).split(" Please see <")[0]
+        if msg not in sink:
+            sink.append(msg)
+    return True
+
+
+def _native_budget(limits: IngestLimits, rows: int, columns: int, frames: int, samples: int, bits: int) -> None:
     check_budget(
         limits.image,
         pixels=rows * columns * frames,
@@ -300,11 +349,6 @@ def _native_pixels_ok(ds: Dataset, limits: IngestLimits, sink: list[str]) -> boo
         bytes_per_sample=bits // 8,
         what=f"DICOM {rows}x{columns}x{frames} frames",
     )
-    for w in caught:
-        msg = str(w.message).split(" Please see <")[0]
-        if msg not in sink:
-            sink.append(msg)
-    return True
 
 
 def _frames_to_check(ds: Dataset) -> list[int] | None:
