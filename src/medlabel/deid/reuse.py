@@ -42,7 +42,8 @@ from pydicom.tag import BaseTag
 
 from medlabel.deid.config import DeidConfig
 from medlabel.deid.engine import DeidContext, DeidResult, DeidState, deidentify_more, independent_element
-from medlabel.imaging.dicom import info_from_dataset
+from medlabel.errors import MedlabelError
+from medlabel.imaging.dicom import info_from_dataset, reread_info
 from medlabel.imaging.dicom_encode import dataset_encodings, encode_element
 from medlabel.imaging.model import ImageInfo
 
@@ -230,6 +231,7 @@ class _Template:
     reasons: tuple[str, ...]
     pseudonym: str
     info: ImageInfo
+    info_reads: frozenset[int]  # the top-level tags ``info_from_dataset`` looked at
     header: dict[Any, Any]  # the output data set's elements (Pixel Data: an empty stand-in)
     file_meta: FileMetaDataset
     charset: RawDataElement | None  # the input's Specific Character Set, to decode changed text
@@ -299,6 +301,7 @@ class SeriesTemplates:
             reasons=tuple(result.reasons),
             pseudonym=result.pseudonym,
             info=info,
+            info_reads=_info_reads(header, ds.file_meta, info),
             header=header,
             file_meta=ds.file_meta,
             charset=None if charset is None else _raw(data, charset, source.implicit),
@@ -350,10 +353,16 @@ class SeriesTemplates:
                 meta = [(tag, new if tag == _META_INSTANCE else b) for tag, b in meta]
             merged = Dataset(header)
             merged.file_meta = t.file_meta
-            sink: list[str] = []
-            info = info_from_dataset(merged, warnings_sink=sink)
-            if sink:
-                return None
+            try:
+                found = reread_info(t.info, merged, t.info_reads.intersection(encoded))
+            except MedlabelError:
+                return None  # the whole way words the error
+            if found is None:
+                sink: list[str] = []
+                found = info_from_dataset(merged, warnings_sink=sink)
+                if sink:
+                    return None
+            info = found
         group = b"".join(b for _, b in meta)
         head = b"".join(
             [
@@ -410,3 +419,50 @@ def _implicit_vr(tag: int) -> str | None:
         return str(dictionary_VR(tag))
     except KeyError:
         return None
+
+
+class _ReadLog(dict[Any, Any]):
+    """A data set's elements that note which tags were looked at (read or tested for)."""
+
+    def __init__(self, elements: dict[Any, Any]) -> None:
+        super().__init__(elements)
+        self.seen: set[int] = set()
+
+    def __getitem__(self, key: Any) -> Any:
+        self.seen.add(int(key))
+        return super().__getitem__(key)
+
+    def get(self, key: Any, default: Any = None) -> Any:
+        self.seen.add(int(key))
+        return super().get(key, default)
+
+    def __contains__(self, key: object) -> bool:
+        try:
+            self.seen.add(int(key))  # type: ignore[call-overload]
+        except (TypeError, ValueError):
+            pass
+        return super().__contains__(key)
+
+    def values(self) -> Any:
+        self.seen.update(int(k) for k in self)
+        return super().values()
+
+    def items(self) -> Any:
+        self.seen.update(int(k) for k in self)
+        return super().items()
+
+
+def _info_reads(header: dict[Any, Any], file_meta: FileMetaDataset, info: ImageInfo) -> frozenset[int]:
+    """The top-level tags ``info_from_dataset`` looks at for this header: a file whose changed
+    elements are none of these has the same info (it is a function of what it reads). Every tag
+    when the reading does not give ``info`` again."""
+    log = _ReadLog(header)
+    ds = Dataset(log)
+    ds.file_meta = file_meta
+    try:
+        again = info_from_dataset(ds)
+    except MedlabelError:
+        again = None
+    if again != info:
+        return frozenset(int(k) for k in header)
+    return frozenset(log.seen)

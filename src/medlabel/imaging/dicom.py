@@ -20,8 +20,9 @@ from __future__ import annotations
 import io
 import os
 import warnings
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import replace
 from typing import Any, BinaryIO, TypeVar
 
 import numpy as np
@@ -264,6 +265,31 @@ def info_from_dataset(ds: Dataset, *, warnings_sink: list[str] | None = None) ->
     with _recorded(sink):
         info = _build_info(ds, sink)
     return ImageInfo(**{**_asdict(info), "warnings": tuple(sink)})  # type: ignore[arg-type]
+
+
+def reread_info(info: ImageInfo, ds: Dataset, changed: Iterable[int]) -> ImageInfo | None:
+    """``info`` for the data set ``ds``, whose elements ``changed`` are all that differ from the
+    data set ``info`` was built from, when they are only Image Position (Patient) (0020,0032)
+    and SOP Instance UID (0008,0018) (the slices of a series) and read without a warning; None
+    when :func:`info_from_dataset` must build it again. Read as ``_build_info`` reads them."""
+    tags = set(changed)
+    if not tags <= _REREAD:
+        return None
+    sink: list[str] = []
+    with _recorded(sink):
+        position = info.image_position
+        if 0x00200032 in tags:
+            found = _get(ds, "ImagePositionPatient", "(0020,0032)", _floats(3), None)
+            position = (found[0], found[1], found[2]) if found is not None else None
+        uids = info.uids
+        if 0x00080018 in tags:
+            uids = replace(uids, sop_instance_uid=_get(ds, "SOPInstanceUID", "(0008,0018)", _as_str, ""))
+    if sink:
+        return None
+    return replace(info, image_position=position, uids=uids)
+
+
+_REREAD = frozenset({0x00200032, 0x00080018})
 
 
 def _build_info(ds: Dataset, sink: list[str]) -> ImageInfo:
