@@ -3,7 +3,7 @@
 Both servers run in their own processes on loopback and receive the same files over real HTTP.
 
 medlabel: ``medlabel serve --workers 2 --no-worker`` (uvicorn, two server processes), measured
-two ways on the same server:
+three ways on the same server:
 
 * **upload session** (the main figure): ``POST /api/v1/projects/{id}/uploads``, then each file
   ``PUT .../uploads/{upload_id}/files/{name}`` from ``--clients`` (4) client threads, as Orthanc
@@ -12,7 +12,13 @@ two ways on the same server:
   work of the two server processes overlaps the upload; then ``POST .../commit`` and its
   ``items.import_session`` job (grouping, blobs linked, one volume item, audit) runs in this
   process the moment the 202 arrives, as a ``medlabel worker`` would.
-* **multipart** (second row): the files as one multipart ``POST /api/v1/projects/{id}/imports``,
+* **upload session, batched** (second row): the same session route, but the files split into
+  ``--clients`` contiguous batches, each sent as one multipart ``POST .../uploads/{upload_id}/files``
+  from its own thread and ``httpx.Client`` (files streamed from disk); the server prepares each
+  part on a thread while it receives the next ones and fsyncs the prepared files meanwhile (the
+  commit job skips them); then commit and job as above. A batch is prepared by the server process
+  that accepted its connection, so 4 batches on 2 processes often split 3–1.
+* **multipart** (third row): the files as one multipart ``POST /api/v1/projects/{id}/imports``,
   then the ``items.import`` job in this process (all the per-file work after the upload).
 
 Timed from the first byte sent to the job's end.
@@ -26,7 +32,7 @@ its first-request work). Each repetition then uses fresh medlabel projects and a
 Orthanc, alternating; the median of the repetitions is reported (runs vary by tens of percent
 on small machines).
 
-Run: .venv/bin/python bench/bench_ingest.py [--quick] [--slices N] [--repeat N] [--server-workers N]
+Run: .venv/bin/python bench/bench_ingest.py [--quick] [--slices N] [--repeat N] [--clients N] [--server-workers N]
 Prints seconds, slices per second and the ratio medlabel / Orthanc (lower is faster).
 """
 
@@ -288,12 +294,63 @@ def medlabel_session_ingest(
     return elapsed, uploaded, result
 
 
+def medlabel_batch_ingest(
+    base: str, headers: dict[str, str], pid: int, rt: object, paths: list[Path], clients: int = 4
+) -> tuple[float, float, dict[str, object]]:
+    """Upload ``paths`` through an upload session in ``clients`` contiguous batches, each one
+    multipart POST from its own thread and client (files streamed from disk), commit, run the
+    job; (total seconds, upload seconds, result)."""
+    from medlabel.jobs import service as jobs
+    from medlabel.storage.db import session_scope
+
+    size = -(-len(paths) // clients)
+    batches = [paths[i : i + size] for i in range(0, len(paths), size)]
+    with httpx.Client(base_url=base, headers=headers, timeout=300) as client:
+        t0 = time.perf_counter()
+        r = client.post(f"/api/v1/projects/{pid}/uploads")
+        r.raise_for_status()
+        url = f"/api/v1/projects/{pid}/uploads/{r.json()['id']}"
+
+        def send(batch: list[Path]) -> list[str]:
+            handles = [open(p, "rb") for p in batch]  # noqa: SIM115  (closed below; httpx streams them)
+            try:
+                with httpx.Client(base_url=base, headers=headers, timeout=300) as own:
+                    files = [
+                        ("files", (p.name, fh, "application/dicom")) for p, fh in zip(batch, handles, strict=True)
+                    ]
+                    r = own.post(f"{url}/files", files=files)
+            finally:
+                for fh in handles:
+                    fh.close()
+            r.raise_for_status()
+            return [str(f["status"]) for f in r.json()["files"]]
+
+        with ThreadPoolExecutor(len(batches)) as pool:
+            statuses = [s for answer in pool.map(send, batches) for s in answer]
+        if set(statuses) != {"prepared"} or len(statuses) != len(paths):
+            raise RuntimeError(f"not every file was prepared: {sorted(set(statuses))}, {len(statuses)} answers")
+        r = client.post(f"{url}/commit")
+        r.raise_for_status()
+        uploaded = time.perf_counter() - t0
+        job_id = r.json()["id"]
+        jobs.execute_job(rt, job_id)  # type: ignore[arg-type]
+        elapsed = time.perf_counter() - t0
+    with session_scope(rt.sessions) as s:  # type: ignore[attr-defined]
+        job = jobs.get_job(s, job_id)
+        if job.state != "succeeded":
+            raise RuntimeError(f"import job {job.state}: {job.error}")
+        result = dict(job.result or {})
+    return elapsed, uploaded, result
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--quick", action="store_true", help="40 slices instead of 300, one repetition")
     ap.add_argument("--slices", type=int, default=None)
     ap.add_argument("--repeat", type=int, default=None, help="repetitions (default 3; --quick: 1)")
-    ap.add_argument("--orthanc-clients", type=int, default=4, help="client threads (Orthanc and sessions; 4)")
+    ap.add_argument(
+        "--orthanc-clients", "--clients", type=int, default=4, help="client threads (Orthanc, sessions, batches; 4)"
+    )
     ap.add_argument("--server-workers", type=int, default=2, help="medlabel server processes (default 2)")
     args = ap.parse_args()
     n = args.slices or (40 if args.quick else 300)
@@ -308,11 +365,13 @@ def main() -> None:
             f"generated {n} slices 512x512 ({mb:.0f} MB) in {time.perf_counter() - t0:.1f} s; cpus={os.cpu_count()}"
         )
         sessions: list[float] = []
+        batched: list[float] = []
         multipart: list[float] = []
         theirs: list[float] = []
-        with medlabel_server(2 * repeat + 1, args.server_workers) as (base, headers, pids, rt):
+        with medlabel_server(3 * repeat + 2, args.server_workers) as (base, headers, pids, rt):
             medlabel_ingest(base, headers, pids[-1], rt, warmup)
             medlabel_session_ingest(base, headers, pids[-2], rt, ct_series(Path(d) / "warmup2", WARMUP, seed=2))
+            medlabel_batch_ingest(base, headers, pids[-3], rt, ct_series(Path(d) / "warmup3", WARMUP, seed=3), clients)
             try:
                 from medlabel.items.ingest import start_import_workers
             except ImportError:  # a medlabel from before the import workers (comparisons)
@@ -321,14 +380,21 @@ def main() -> None:
                 workers = start_import_workers(timeout=120)  # as a long-running worker has them
             print(f"medlabel server processes: {args.server_workers}; import worker processes: {workers}")
             for k in range(repeat):
-                total, upload, result = medlabel_session_ingest(base, headers, pids[2 * k], rt, paths, clients)
+                total, upload, result = medlabel_session_ingest(base, headers, pids[3 * k], rt, paths, clients)
                 sessions.append(total)
                 print(
                     f"  run {k + 1}: medlabel session   {total:.2f} s ({n / total:.0f} slices/s; PUTs + commit "
                     f"{upload:.2f} s, job {total - upload:.2f} s) {result['counts']}",
                     flush=True,
                 )
-                total, upload, result = medlabel_ingest(base, headers, pids[2 * k + 1], rt, paths)
+                total, upload, result = medlabel_batch_ingest(base, headers, pids[3 * k + 1], rt, paths, clients)
+                batched.append(total)
+                print(
+                    f"  run {k + 1}: medlabel batched   {total:.2f} s ({n / total:.0f} slices/s; {clients} POSTs + "
+                    f"commit {upload:.2f} s, job {total - upload:.2f} s) {result['counts']}",
+                    flush=True,
+                )
+                total, upload, result = medlabel_ingest(base, headers, pids[3 * k + 2], rt, paths)
                 multipart.append(total)
                 print(
                     f"  run {k + 1}: medlabel multipart {total:.2f} s ({n / total:.0f} slices/s; upload {upload:.2f} s, "
@@ -345,10 +411,15 @@ def main() -> None:
                         flush=True,
                     )
         m = statistics.median(sessions)
+        mbat = statistics.median(batched)
         mm = statistics.median(multipart)
         print(
             f"medlabel upload session ({clients} clients, {args.server_workers} server processes; de-identify + "
             f"import), median of {repeat}: {m:.2f} s, {n / m:.0f} slices/s"
+        )
+        print(
+            f"medlabel upload session, batched ({clients} multipart POSTs), median of {repeat}: "
+            f"{mbat:.2f} s, {n / mbat:.0f} slices/s"
         )
         print(f"medlabel multipart (one POST + import job), median of {repeat}: {mm:.2f} s, {n / mm:.0f} slices/s")
         if not theirs:
@@ -359,7 +430,10 @@ def main() -> None:
             f"Orthanc POST /instances ({clients} clients, no de-identification), median of {repeat}: "
             f"{o:.2f} s, {n / o:.0f} slices/s"
         )
-        print(f"ratio medlabel/Orthanc: session {m / o:.2f}, multipart {mm / o:.2f} (lower is faster)")
+        print(
+            f"ratio medlabel/Orthanc: session {m / o:.2f}, batched {mbat / o:.2f}, multipart {mm / o:.2f} "
+            "(lower is faster)"
+        )
 
 
 if __name__ == "__main__":

@@ -130,6 +130,10 @@ SAMPLES: dict[tuple[str, str], Callable[[Any], dict[str, Any]]] = {
         # no Content-Type (the table passes its own headers): allowed principals get the 415
         "content": Path(get_testdata_file("CT_small.dcm")).read_bytes(),
     },
+    ("POST", P + "/uploads/{upload_id}/files"): lambda c: {
+        "url": _upload(c) + "/files",
+        "files": [("files", ("CT_small.dcm", Path(get_testdata_file("CT_small.dcm")).read_bytes(), "application/dicom"))],
+    },
     ("POST", P + "/uploads/{upload_id}/commit"): lambda c: {"url": _upload(c, with_file=True) + "/commit"},
     ("GET", P + "/items"): lambda c: {"url": f"/api/v1/projects/{c.project_id}/items"},
     ("GET", "/api/v1/items/{item_id}"): _item_url("image"),

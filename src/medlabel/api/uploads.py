@@ -1,4 +1,4 @@
-"""Multipart uploads streamed straight to disk (the import route).
+"""Multipart uploads parsed as they stream in (the import route, upload-session batches).
 
 Starlette's form parser spools every part to a temporary file (in memory up to 1 MiB), and the
 route then copied each one to the upload folder: every byte was copied twice in Python, and at
@@ -6,14 +6,19 @@ most 1000 files were accepted. Here the body is parsed as it arrives (``python-m
 parser Starlette uses) and each ``files`` part is written once, to its final name in the upload
 folder. The writes leave the event loop in batches of a few MiB (one thread hop per batch, not
 per network chunk), so a slow disk never stalls other requests.
+
+``iter_file_parts`` is the same parsing for an upload session's batch route: each ``files`` part
+is handed over (in memory, or spooled to a file when big) as soon as it has been received whole,
+so the route prepares it while the rest of the body arrives.
 """
 
 from __future__ import annotations
 
 import codecs
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
 from python_multipart.multipart import MultipartParser, parse_options_header
 from starlette.concurrency import run_in_threadpool
@@ -21,52 +26,59 @@ from starlette.concurrency import run_in_threadpool
 from medlabel.errors import InvalidInput, TooLarge
 from medlabel.items.unpack import safe_name
 
-__all__ = ["FIELD", "OPENAPI_BODY", "receive_files"]
+if TYPE_CHECKING:
+    from python_multipart.multipart import MultipartCallbacks
+
+__all__ = ["FIELD", "OPENAPI_BODY", "FilePart", "iter_file_parts", "openapi_body", "receive_files"]
 
 #: The multipart field that carries the files (repeated).
 FIELD = "files"
 _BATCH = 4 << 20  # bytes handed to a thread per write batch
 _MAX_HEADER = 16 << 10  # bytes of part headers (name, filename) per part
 
-#: The request body in the OpenAPI document, as FastAPI would describe ``list[UploadFile]``.
-OPENAPI_BODY: dict[str, Any] = {
-    "requestBody": {
-        "required": True,
-        "content": {
-            "multipart/form-data": {
-                "schema": {
-                    "type": "object",
-                    "required": [FIELD],
-                    "properties": {
-                        FIELD: {
-                            "type": "array",
-                            "items": {"type": "string", "format": "binary"},
-                            "description": "DICOM, NIfTI, PNG/JPEG/TIFF, slides, or ZIPs of those",
-                        }
-                    },
+def openapi_body(description: str) -> dict[str, Any]:
+    """A multipart body of ``files`` parts in the OpenAPI document, as FastAPI would describe
+    ``list[UploadFile]``; ``description`` says what the files may be."""
+    return {
+        "requestBody": {
+            "required": True,
+            "content": {
+                "multipart/form-data": {
+                    "schema": {
+                        "type": "object",
+                        "required": [FIELD],
+                        "properties": {
+                            FIELD: {
+                                "type": "array",
+                                "items": {"type": "string", "format": "binary"},
+                                "description": description,
+                            }
+                        },
+                    }
                 }
-            }
-        },
+            },
+        }
     }
-}
 
 
-class _Receiver:
-    """python-multipart callbacks: ``files`` parts go to ``folder`` under :func:`safe_name`."""
+#: The import route's request body in the OpenAPI document.
+OPENAPI_BODY: dict[str, Any] = openapi_body("DICOM, NIfTI, PNG/JPEG/TIFF, slides, or ZIPs of those")
 
-    def __init__(self, folder: Path, charset: str, max_files: int) -> None:
-        self.folder = folder
+
+class _Parts:
+    """python-multipart header callbacks shared by the receivers: which part is a ``files`` part,
+    and its file name; a part's headers are capped at ``_MAX_HEADER`` bytes and the ``files``
+    parts at ``max_files`` (413)."""
+
+    def __init__(self, charset: str, max_files: int, what: str) -> None:
         self.charset = charset
         self.max_files = max_files
+        self.what = what  # "an import", "a request": for the 413 message
         self.files = 0
         self.header_name = b""
         self.header_value = b""
         self.header_bytes = 0
         self.disposition = b""
-        self.target: Path | None = None  # the current part's file, None for other fields
-        self.pending: list[tuple[Path, bytes | memoryview]] = []  # (file, data) not written yet, in order
-        self.pending_bytes = 0
-        self.opened: set[Path] = set()
 
     def _decode(self, raw: bytes) -> str:
         try:
@@ -77,7 +89,6 @@ class _Receiver:
     def on_part_begin(self) -> None:
         self.disposition = b""
         self.header_bytes = 0
-        self.target = None
 
     def on_header_field(self, data: bytes, start: int, end: int) -> None:
         self._count_header(end - start)
@@ -97,17 +108,60 @@ class _Receiver:
             self.disposition = self.header_value
         self.header_name = self.header_value = b""
 
-    def on_headers_finished(self) -> None:
+    def file_part(self) -> str | None:
+        """At the end of a part's headers: the file name of a ``files`` part ("" when it has
+        none), None for another field (ignored, as FastAPI ignores unknown form fields)."""
         _, options = parse_options_header(self.disposition)
         if b"name" not in options:
             raise InvalidInput('a multipart part has no Content-Disposition "name"')
         if self._decode(options[b"name"]) != FIELD:
-            return  # another field: ignored, as FastAPI ignores unknown form fields
+            return None
         if self.files >= self.max_files:
-            raise TooLarge(f"an import takes at most {self.max_files} files")
-        filename = self._decode(options.get(b"filename", b"")) or "file"
-        self.target = self.folder / safe_name(filename, self.files)
+            raise TooLarge(f"{self.what} takes at most {self.max_files} files", detail={"limit": self.max_files})
         self.files += 1
+        return self._decode(options.get(b"filename", b""))
+
+    def callbacks(self) -> MultipartCallbacks:
+        return {
+            "on_part_begin": self.on_part_begin,
+            "on_part_data": self.on_part_data,
+            "on_part_end": self.on_part_end,
+            "on_header_field": self.on_header_field,
+            "on_header_value": self.on_header_value,
+            "on_header_end": self.on_header_end,
+            "on_headers_finished": self.on_headers_finished,
+        }
+
+    def on_headers_finished(self) -> None:
+        raise NotImplementedError
+
+    def on_part_data(self, data: bytes, start: int, end: int) -> None:
+        raise NotImplementedError
+
+    def on_part_end(self) -> None:
+        pass
+
+
+class _Receiver(_Parts):
+    """``files`` parts go to ``folder`` under :func:`safe_name`."""
+
+    def __init__(self, folder: Path, charset: str, max_files: int) -> None:
+        super().__init__(charset, max_files, "an import")
+        self.folder = folder
+        self.target: Path | None = None  # the current part's file, None for other fields
+        self.pending: list[tuple[Path, bytes | memoryview]] = []  # (file, data) not written yet, in order
+        self.pending_bytes = 0
+        self.opened: set[Path] = set()
+
+    def on_part_begin(self) -> None:
+        super().on_part_begin()
+        self.target = None
+
+    def on_headers_finished(self) -> None:
+        filename = self.file_part()
+        if filename is None:
+            return
+        self.target = self.folder / safe_name(filename or "file", self.files - 1)
         self.pending.append((self.target, b""))  # creates the file even when it is empty
 
     def on_part_data(self, data: bytes, start: int, end: int) -> None:
@@ -138,11 +192,8 @@ class _Receiver:
                 out.close()
 
 
-async def receive_files(
-    content_type: str, stream: AsyncIterator[bytes], folder: Path, *, max_files: int
-) -> int:
-    """Write the ``files`` parts of a ``multipart/form-data`` body to ``folder``; returns how
-    many. Raises ``InvalidInput`` (422) for a body that is not multipart or has no ``files``."""
+def _multipart(content_type: str) -> tuple[bytes, str]:
+    """The boundary and charset of a ``multipart/form-data`` body; 422 for any other body."""
     ctype, params = parse_options_header(content_type)
     if ctype != b"multipart/form-data" or b"boundary" not in params:
         raise InvalidInput(
@@ -154,31 +205,161 @@ async def receive_files(
         charset = codecs.lookup(charset).name
     except LookupError:
         charset = "latin-1"
-    rx = _Receiver(folder, charset, max_files)
-    parser = MultipartParser(
-        params[b"boundary"],
-        {
-            "on_part_begin": rx.on_part_begin,
-            "on_part_data": rx.on_part_data,
-            "on_header_field": rx.on_header_field,
-            "on_header_value": rx.on_header_value,
-            "on_header_end": rx.on_header_end,
-            "on_headers_finished": rx.on_headers_finished,
-        },
-    )
-    async for chunk in stream:
-        try:
-            parser.write(chunk)
-        except ValueError as exc:  # python-multipart's MultipartParseError
-            raise InvalidInput(f"malformed multipart body: {exc}") from exc
-        if rx.pending_bytes >= _BATCH:
-            await run_in_threadpool(rx.write_pending)
+    return params[b"boundary"], charset
+
+
+def _write(parser: MultipartParser, chunk: bytes) -> None:
+    try:
+        parser.write(chunk)
+    except ValueError as exc:  # python-multipart's MultipartParseError
+        raise InvalidInput(f"malformed multipart body: {exc}") from exc
+
+
+def _finalize(parser: MultipartParser) -> None:
     try:
         parser.finalize()
     except ValueError as exc:
         raise InvalidInput(f"malformed multipart body: {exc}") from exc
+
+
+async def receive_files(
+    content_type: str, stream: AsyncIterator[bytes], folder: Path, *, max_files: int
+) -> int:
+    """Write the ``files`` parts of a ``multipart/form-data`` body to ``folder``; returns how
+    many. Raises ``InvalidInput`` (422) for a body that is not multipart or has no ``files``."""
+    boundary, charset = _multipart(content_type)
+    rx = _Receiver(folder, charset, max_files)
+    parser = MultipartParser(boundary, rx.callbacks())
+    async for chunk in stream:
+        _write(parser, chunk)
+        if rx.pending_bytes >= _BATCH:
+            await run_in_threadpool(rx.write_pending)
+    _finalize(parser)
     if rx.pending:
         await run_in_threadpool(rx.write_pending)
     if rx.files == 0:
         raise InvalidInput("no 'files' part in the upload", detail={"field": FIELD})
     return rx.files
+
+
+# ---------------------------------------------------------------- parts one by one
+
+
+@dataclass(slots=True)
+class FilePart:
+    """A ``files`` part received whole: its place among the ``files`` parts (from 0), its file
+    name as sent ("" when it has none), and its bytes, or the file it was spooled to when it
+    was bigger than ``in_memory`` (``data`` is then None; the caller deletes the file)."""
+
+    index: int
+    filename: str
+    data: bytes | None
+    path: Path | None
+    size: int
+
+
+@dataclass(slots=True)
+class _Current:
+    index: int
+    filename: str
+    pieces: list[bytes | memoryview] = field(default_factory=list)
+    size: int = 0
+    pending: int = 0  # bytes in ``pieces``
+    spool: IO[bytes] | None = None
+    path: Path | None = None
+
+
+class _Collector(_Parts):
+    """``files`` parts collected in memory; each finished one waits in ``done``."""
+
+    def __init__(self, charset: str, max_files: int) -> None:
+        super().__init__(charset, max_files, "a request")
+        self.current: _Current | None = None
+        self.done: list[_Current] = []
+
+    def on_headers_finished(self) -> None:
+        filename = self.file_part()
+        self.current = None if filename is None else _Current(self.files - 1, filename)
+
+    def on_part_data(self, data: bytes, start: int, end: int) -> None:
+        cur = self.current
+        if cur is not None and end > start:
+            # a view of the received chunk, not a copy (the parser's look-behind buffer is
+            # reused, so that one is copied)
+            cur.pieces.append(memoryview(data)[start:end] if isinstance(data, bytes) else bytes(data[start:end]))
+            cur.size += end - start
+            cur.pending += end - start
+
+    def on_part_end(self) -> None:
+        if self.current is not None:
+            self.done.append(self.current)
+            self.current = None
+
+
+async def _spool(part: _Current, spool_to: Callable[[], Path]) -> None:
+    """Append the part's pending data to its spool file (opened first when needed), off the loop."""
+    if part.spool is None:
+        part.path = spool_to()
+        part.spool = await run_in_threadpool(open, part.path, "xb")
+    pieces, part.pieces, part.pending = part.pieces, [], 0
+    await run_in_threadpool(part.spool.writelines, pieces)
+
+
+async def _finished(part: _Current, in_memory: int, spool_to: Callable[[], Path]) -> FilePart:
+    if part.spool is None and part.size <= in_memory:
+        return FilePart(part.index, part.filename, b"".join(part.pieces), None, part.size)
+    await _spool(part, spool_to)
+    assert part.spool is not None
+    spool, part.spool = part.spool, None
+    await run_in_threadpool(spool.close)
+    return FilePart(part.index, part.filename, None, part.path, part.size)
+
+
+def _drop(parts: list[_Current]) -> None:
+    for part in parts:
+        if part.spool is not None:
+            part.spool.close()
+        if part.path is not None:
+            part.path.unlink(missing_ok=True)
+
+
+async def iter_file_parts(
+    content_type: str,
+    stream: AsyncIterator[bytes],
+    *,
+    max_files: int,
+    in_memory: int,
+    spool_to: Callable[[], Path],
+) -> AsyncGenerator[FilePart, None]:
+    """The ``files`` parts of a ``multipart/form-data`` body, each as soon as it has been
+    received whole, while the rest of the body is still to come (the caller's pace sets the
+    reading's: a slow consumer holds the client back, not memory). A part is kept in memory up
+    to ``in_memory`` bytes; a bigger one is written, a few MiB per thread hop, to a fresh file
+    ``spool_to()``. Other form fields are ignored.
+
+    Raises ``InvalidInput`` (422) for a body that is not multipart, is malformed, or has no
+    ``files`` part, and ``TooLarge`` (413) at the ``files`` part after ``max_files`` (the parts
+    before it have been yielded). Use it under ``contextlib.aclosing``: a part not yet yielded
+    when the caller stops has its spool file deleted."""
+    boundary, charset = _multipart(content_type)
+    rx = _Collector(charset, max_files)
+    parser = MultipartParser(boundary, rx.callbacks())
+    try:
+        async for chunk in stream:
+            try:
+                _write(parser, chunk)
+            finally:  # the parts completed before a refusal in this chunk come first
+                while rx.done:
+                    yield await _finished(rx.done.pop(0), in_memory, spool_to)
+            cur = rx.current
+            if cur is not None and cur.size > in_memory and (cur.spool is None or cur.pending >= _BATCH):
+                await _spool(cur, spool_to)
+        _finalize(parser)
+        while rx.done:
+            yield await _finished(rx.done.pop(0), in_memory, spool_to)
+        if rx.files == 0:
+            raise InvalidInput("no 'files' part in the upload", detail={"field": FIELD})
+        if rx.current is not None:  # finalize accepts a body cut short inside a part
+            raise InvalidInput("malformed multipart body: it ends inside a part")
+    finally:
+        _drop([*rx.done, *([rx.current] if rx.current is not None else [])])

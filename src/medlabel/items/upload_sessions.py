@@ -1,4 +1,5 @@
-"""Upload sessions: files PUT one by one, each prepared at once, committed as one import.
+"""Upload sessions: files PUT one by one (or POSTed in batches), each prepared at once, committed
+as one import.
 
 A session belongs to its creator and project (global administrators may act on it too;
 everyone else gets 404). Every file is sniffed, read, pixel-checked and de-identified with the
@@ -11,6 +12,10 @@ session's staging folder ``$MEDLABEL_HOME/upload-sessions/<id>/``:
   by each server process to its own journal; the latest entry of a name wins, so the same name
   PUT again replaces the earlier file;
 * ``incoming/``: originals while they are received and prepared (deleted right after).
+
+A file is prepared by :func:`stage_file` and its entry recorded by :func:`record_files` (a PUT:
+one of each, :func:`put_file`; a batch: its files staged on threads while the body streams in,
+recorded several per journal write, their fsyncs started at once so the commit skips them).
 
 The commit queues an ``items.import_session`` job that groups and stores the prepared files
 exactly as a multipart import does after its preparation (``ingest.store_prepared``), then
@@ -35,7 +40,8 @@ import time
 import uuid
 import zlib
 from collections import OrderedDict
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -81,6 +87,10 @@ __all__ = [
     "receive_path",
     "check_name",
     "put_file",
+    "Staged",
+    "stage_file",
+    "record_files",
+    "discard",
     "abandon",
     "commit",
     "run_commit",
@@ -519,7 +529,19 @@ _KNOWN_UID = (
 )
 
 
-def put_file(
+@dataclass(slots=True)
+class Staged:
+    """A file prepared for a session but not recorded yet (:func:`record_files` records it, or
+    :func:`discard` drops it): the name as sent (the key: the same name again replaces), its
+    result, the prepared file, and the fsync of that file when one was started."""
+
+    name: str
+    result: FileResult
+    prepared: PreparedDicom | None
+    syncing: Future[None] | None = None
+
+
+def stage_file(
     ref: SessionRef,
     name: str,
     original: Path | bytes,
@@ -531,19 +553,14 @@ def put_file(
     limits: IngestLimits | None = None,
     read_sessions: sessionmaker[Session] | None = None,
     blobs: BlobStore | None = None,
-) -> FileResult:
-    """Prepare the file received at ``original`` (deleted here, whatever happens; or its bytes,
-    received in memory) with the
-    project's de-identification ``settings`` and record its result under ``name``, replacing an
-    earlier file of that name. 409 once the session is committed; 404 when it is gone.
-
-    No database write per file: the entry is recorded under the session's shared file lock
-    after checking the commit marker, which the commit writes under the exclusive lock, so a
-    commit either sees this file or this call answers 409 (``_locked``). ``read_sessions``
-    (read-only sessions; on SQLite no write turn) serve the duplicate check; ``sessions`` the
-    pseudonym stores and, once per half TTL, the extension of the session's expiry. With
-    ``blobs``, the directories of the prepared file's future blob are made now (``reserve``), so
-    the commit only links."""
+    sync: bool = False,
+) -> Staged:
+    """The preparation half of :func:`put_file`: prepare the file received at ``original``
+    (deleted here, whatever happens; or its bytes, received in memory), check it against the
+    project's instances (``duplicate``) and reserve its blob's directories; nothing is recorded.
+    With ``sync``, the prepared file's fsync is started on a background thread, and
+    :func:`record_files` waits for it and records the file as synced (the commit then skips
+    it). 404 when the session is gone."""
     shown = check_name(name)
     folder = _folder(home, ref.id)
     try:
@@ -574,8 +591,47 @@ def put_file(
                 prepared = None
             elif blobs is not None:
                 blobs.reserve(prepared.sha256)
+    except BaseException:
+        if prepared is not None:
+            prepared.path.unlink(missing_ok=True)
+        raise
+    staged = Staged(name, result, prepared)
+    if sync and prepared is not None and not prepared.synced:
+        staged.syncing = _sync_pool().submit(_fsync, prepared.path)
+    return staged
+
+
+def discard(staged: Iterable[Staged]) -> None:
+    """Delete the prepared files of staged files that will not be recorded."""
+    for st in staged:
+        if st.prepared is not None:
+            st.prepared.path.unlink(missing_ok=True)
+
+
+def record_files(
+    ref: SessionRef, staged: Sequence[Staged], *, sessions: sessionmaker[Session], home: Path
+) -> list[FileResult]:
+    """Record the entries of ``staged`` files, in order (of two of one name, the later wins),
+    with one journal write under one hold of the session's shared file lock, after checking the
+    commit marker: a commit either sees all of them or this call answers 409 (``_locked``); 404
+    when the session is gone. On any failure the staged files are discarded. A file whose fsync
+    was started (``stage_file(sync=True)``) is recorded as synced once that fsync succeeded."""
+    if not staged:
+        return []
+    try:
+        for st in staged:
+            if st.syncing is not None and st.prepared is not None:
+                try:
+                    st.syncing.result()
+                except OSError:
+                    log.warning("fsync of %s failed; the commit fsyncs it again", st.prepared.path, exc_info=True)
+                else:
+                    st.prepared.synced = True
         now = clock.now()
-        record = _record(_Entry(name, result, prepared, now, _BOOT, time.time_ns()))
+        first = _next_seqs(len(staged))
+        records = b"".join(
+            _record(_Entry(st.name, st.result, st.prepared, now, _BOOT, first + i)) for i, st in enumerate(staged)
+        )
         with _locked(home, ref.id, exclusive=False) as there:
             if not there:
                 raise NotFound(f"upload session {ref.id!r} is gone")
@@ -583,10 +639,9 @@ def put_file(
                 raise Conflict(f"upload session {ref.id!r} is committed; it takes no more files")
             # an earlier file of the same name stays in data/ until the session ends: the
             # latest entry of a name wins (``_entries``)
-            _JOURNALS.append(folder, ref.id, record)
+            _JOURNALS.append(_folder(home, ref.id), ref.id, records)
     except BaseException:
-        if prepared is not None:
-            prepared.path.unlink(missing_ok=True)
+        discard(staged)
         raise
     if ref.expires_at - now < ttl() / 2:  # extend the session (a write: rarely, not per file)
         with sessions() as w, w.begin():
@@ -595,7 +650,88 @@ def put_file(
                 .where(UploadSession.id == ref.id, UploadSession.status == "open")
                 .values(expires_at=now + ttl())
             )
-    return result
+    return [st.result for st in staged]
+
+
+def put_file(
+    ref: SessionRef,
+    name: str,
+    original: Path | bytes,
+    *,
+    settings: DeidSettings,
+    sessions: sessionmaker[Session],
+    secret_key: bytes,
+    home: Path,
+    limits: IngestLimits | None = None,
+    read_sessions: sessionmaker[Session] | None = None,
+    blobs: BlobStore | None = None,
+) -> FileResult:
+    """Prepare the file received at ``original`` (deleted here, whatever happens; or its bytes,
+    received in memory) with the project's de-identification ``settings`` and record its result
+    under ``name``, replacing an earlier file of that name. 409 once the session is committed;
+    404 when it is gone (:func:`stage_file`, then :func:`record_files`).
+
+    No database write per file: the entry is recorded under the session's shared file lock
+    after checking the commit marker, which the commit writes under the exclusive lock, so a
+    commit either sees this file or this call answers 409 (``_locked``). ``read_sessions``
+    (read-only sessions; on SQLite no write turn) serve the duplicate check; ``sessions`` the
+    pseudonym stores and, once per half TTL, the extension of the session's expiry. With
+    ``blobs``, the directories of the prepared file's future blob are made now (``reserve``), so
+    the commit only links."""
+    staged = stage_file(
+        ref,
+        name,
+        original,
+        settings=settings,
+        sessions=sessions,
+        secret_key=secret_key,
+        home=home,
+        limits=limits,
+        read_sessions=read_sessions,
+        blobs=blobs,
+    )
+    return record_files(ref, [staged], sessions=sessions, home=home)[0]
+
+
+_seq_lock = threading.Lock()
+_last_seq = 0
+
+
+def _next_seqs(n: int) -> int:
+    """The first of ``n`` entry sequence numbers (ns since the epoch), strictly increasing in
+    this process, so the later of two entries of a name recorded together wins."""
+    global _last_seq
+    with _seq_lock:
+        first = max(time.time_ns(), _last_seq + 1)
+        _last_seq = first + n - 1
+    return first
+
+
+#: fsync threads per server process. Two: on 2 cores, 4 per process (8 concurrent fsyncs with
+#: the GIL handed back and forth) cost ≈ 1 ms more server CPU a file and made 300-file batches
+#: ≈ 0.1 s slower; one or two kept the upload as fast as no fsync at all and the commit job
+#: 0.08–0.1 s shorter.
+_SYNC_THREADS = 2
+_sync: tuple[int, ThreadPoolExecutor] | None = None
+_sync_lock = threading.Lock()
+
+
+def _sync_pool() -> ThreadPoolExecutor:
+    """This process's fsync threads (a few parallel fsyncs share the file system's journal
+    commits)."""
+    global _sync
+    with _sync_lock:
+        if _sync is None or _sync[0] != os.getpid():  # a forked child has no threads of its own
+            _sync = (os.getpid(), ThreadPoolExecutor(_SYNC_THREADS, thread_name_prefix="medlabel-upload-sync"))
+        return _sync[1]
+
+
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 # ---------------------------------------------------------------- commit
