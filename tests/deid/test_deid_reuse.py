@@ -142,7 +142,9 @@ def test_another_patient_in_the_same_series_goes_the_whole_way(tmp_path: Path, h
     assert hits == []  # the patient differs: not reused
     assert a[3] != b[3]
     # and a template is never applied under another project's stores
-    c = _outcome(_slice(2, syntax=ExplicitVRLittleEndian, patient="PAT-0002", **uids), tmp_path, cfg, context())
+    c = _outcome(
+        _slice(2, syntax=ExplicitVRLittleEndian, patient="PAT-0002", **uids), tmp_path, cfg, context()
+    )
     assert hits == []
     assert c[3] == "ANON-000001"  # the new store's own first pseudonym, not the template's
 
@@ -186,7 +188,25 @@ def _changed(value: bytes, vr: str | None) -> bytes | None:
     """The value with one byte changed (a digit or letter for text, a bit for binary)."""
     if not value:
         return None
-    text_vrs = {"AE", "AS", "CS", "DA", "DS", "DT", "IS", "LO", "LT", "PN", "SH", "ST", "TM", "UC", "UI", "UR", "UT"}
+    text_vrs = {
+        "AE",
+        "AS",
+        "CS",
+        "DA",
+        "DS",
+        "DT",
+        "IS",
+        "LO",
+        "LT",
+        "PN",
+        "SH",
+        "ST",
+        "TM",
+        "UC",
+        "UI",
+        "UR",
+        "UT",
+    }
     if vr in text_vrs:
         for i, c in enumerate(value):
             if 0x30 <= c <= 0x38 or 0x41 <= c <= 0x59 or 0x61 <= c <= 0x79:

@@ -49,9 +49,13 @@ def _body(boundary: str, named: list[tuple[str, bytes]]) -> bytes:
     out = b""
     for name, data in named:
         out += (
-            f'--{boundary}\r\nContent-Disposition: form-data; name="files"; filename="{name}"\r\n'
-            "Content-Type: application/dicom\r\n\r\n"
-        ).encode() + data + b"\r\n"
+            (
+                f'--{boundary}\r\nContent-Disposition: form-data; name="files"; filename="{name}"\r\n'
+                "Content-Type: application/dicom\r\n\r\n"
+            ).encode()
+            + data
+            + b"\r\n"
+        )
     return out
 
 
@@ -146,6 +150,17 @@ def test_bad_parts_are_per_file_errors_and_the_rest_commits(client, runtime, tea
     url2 = _open(client, h, pid)
     r = _post(client, h, url2, [(paths[1].name, paths[1].read_bytes())])
     assert r.json()["files"][0]["status"] == "duplicate" and r.json()["counts"] == {"duplicate": 1}
+    # checked per recorded group: duplicates among new files, their prepared files not kept
+    fresh, _ = ct_series(tmp_path / "ct2", slices=1)
+    named = [
+        (paths[0].name, paths[0].read_bytes()),
+        ("new.dcm", fresh[0].read_bytes()),
+        (paths[2].name, paths[2].read_bytes()),
+    ]
+    r = _post(client, h, url2, named)
+    assert [f["status"] for f in r.json()["files"]] == ["duplicate", "prepared", "duplicate"]
+    data = runtime.settings.home / "upload-sessions" / _upload_id(url2) / "data"
+    assert len(list(data.iterdir())) == 1  # the new file's; the duplicates' were deleted
 
 
 def test_names_are_sanitised_and_checked(client, runtime, team, tmp_path):
@@ -178,7 +193,10 @@ def test_refusals(client, runtime, team, tmp_path, monkeypatch):
     other = session_headers(runtime, 2)
     assert _post(client, other, url, named).status_code == 404
     elsewhere = make_project(runtime, "Elsewhere", {"boss": ["manager"]})
-    assert _post(client, h, url.replace(f"/projects/{pid}/", f"/projects/{elsewhere}/"), named).status_code == 404
+    assert (
+        _post(client, h, url.replace(f"/projects/{pid}/", f"/projects/{elsewhere}/"), named).status_code
+        == 404
+    )
     missing = f"/api/v1/projects/{pid}/uploads/{uuid.uuid4().hex}"
     assert _post(client, h, missing, named).status_code == 404
     # not multipart, or no files part: 422
@@ -214,7 +232,9 @@ def test_a_broken_body_keeps_the_parts_received_before(client, runtime, team, tm
     else:  # the body ends in the middle of the third part's data
         body = body[: len(body) - 3000]
     r = client.post(
-        f"{url}/files", headers={**h, "Content-Type": f"multipart/form-data; boundary={boundary}"}, content=body
+        f"{url}/files",
+        headers={**h, "Content-Type": f"multipart/form-data; boundary={boundary}"},
+        content=body,
     )
     assert r.status_code == 422, r.text
     kept = 3 if how == "malformed" else 2
@@ -303,7 +323,11 @@ def test_record_files_keeps_the_order_of_one_name(runtime, team, tmp_path):
     staged = [service.stage_file(ref, "same.dcm", p.read_bytes(), sync=True, **kw) for p in paths]
     service.record_files(ref, staged, sessions=runtime.sessions, home=home)
     (entry,) = service._entries(home, ref.id)
-    assert entry.result.sop_instance_uid == staged[1].result.sop_instance_uid != staged[0].result.sop_instance_uid
+    assert (
+        entry.result.sop_instance_uid
+        == staged[1].result.sop_instance_uid
+        != staged[0].result.sop_instance_uid
+    )
     assert entry.prepared is not None and entry.prepared.synced
 
 

@@ -131,6 +131,11 @@ def serve(
             rt.start_worker()
         else:
             rt.engine.dispose()
+        # The processes share one listening socket. libuv (uvloop) accepts every pending
+        # connection in one wake-up, so concurrent clients (several batch uploads at once) land
+        # 3-1 or 4-0 on two processes and one does all the work; accepting one connection per
+        # wake-up spreads them (measured: balanced in 10 of 18 runs instead of 1 of 6).
+        os.environ.setdefault("UV_TCP_SINGLE_ACCEPT", "1")
         uvicorn.run(
             "medlabel.cli.main:_server_app",
             factory=True,

@@ -60,7 +60,9 @@ _META_INSTANCE = 0x00020003
 _UNDEFINED = 0xFFFFFFFF
 _ITEM, _ITEM_END, _SEQUENCE_END = 0xFFFEE000, 0xFFFEE00D, 0xFFFEE0DD
 # explicit VRs with a 4-byte length after 2 reserved bytes (PS3.5 Table 7.1-1)
-_LONG_VRS = frozenset({b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"SV", b"UC", b"UN", b"UR", b"UT", b"UV"})
+_LONG_VRS = frozenset(
+    {b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"SV", b"UC", b"UN", b"UR", b"UT", b"UV"}
+)
 _U16 = struct.Struct("<H")
 _U32 = struct.Struct("<I")
 _TAG = struct.Struct("<HH")
@@ -152,7 +154,14 @@ def _skip_undefined(data: bytes | memoryview, pos: int, implicit: bool, depth: i
             if e is None:
                 raise _Unfit("unexpected delimiter in an item")
             if e.length == _UNDEFINED:
-                e = _Element(e.tag, e.vr, e.start, e.value, _skip_undefined(data, e.value, implicit, depth + 1), e.length)
+                e = _Element(
+                    e.tag,
+                    e.vr,
+                    e.start,
+                    e.value,
+                    _skip_undefined(data, e.value, implicit, depth + 1),
+                    e.length,
+                )
             pos = e.end
 
 

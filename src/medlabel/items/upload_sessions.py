@@ -554,13 +554,15 @@ def stage_file(
     read_sessions: sessionmaker[Session] | None = None,
     blobs: BlobStore | None = None,
     sync: bool = False,
+    check_duplicates: bool = True,
 ) -> Staged:
     """The preparation half of :func:`put_file`: prepare the file received at ``original``
     (deleted here, whatever happens; or its bytes, received in memory), check it against the
     project's instances (``duplicate``) and reserve its blob's directories; nothing is recorded.
     With ``sync``, the prepared file's fsync is started on a background thread, and
     :func:`record_files` waits for it and records the file as synced (the commit then skips
-    it). 404 when the session is gone."""
+    it). 404 when the session is gone. Without ``check_duplicates``, :func:`record_files` is to
+    check a group of files at once (``duplicates``)."""
     shown = check_name(name)
     folder = _folder(home, ref.id)
     try:
@@ -582,9 +584,11 @@ def stage_file(
     try:
         if prepared is not None:
             uid = prepared.sop_instance_uid
-            bind = (read_sessions or sessions).kw["bind"]  # Core: no ORM session per file
-            with bind.connect() as c:
-                known = uid and c.execute(_KNOWN_UID, {"project": ref.project_id, "uid": uid}).scalar()
+            known = False
+            if check_duplicates:
+                bind = (read_sessions or sessions).kw["bind"]  # Core: no ORM session per file
+                with bind.connect() as c:
+                    known = bool(uid) and bool(c.execute(_KNOWN_UID, {"project": ref.project_id, "uid": uid}).scalar())
             if known:
                 result = FileResult(shown, "duplicate", "already imported (same SOP Instance UID)")
                 prepared.path.unlink(missing_ok=True)
@@ -608,17 +612,56 @@ def discard(staged: Iterable[Staged]) -> None:
             st.prepared.path.unlink(missing_ok=True)
 
 
+def _drop_duplicates(ref: SessionRef, staged: Sequence[Staged], reads: sessionmaker[Session]) -> None:
+    """The duplicate check of files staged without it, for the group in one query: a file whose
+    (de-identified) SOP Instance UID the project has becomes a ``duplicate`` result."""
+    uids = [st.prepared.sop_instance_uid for st in staged if st.prepared is not None and st.prepared.sop_instance_uid]
+    if not uids:
+        return
+    with reads.kw["bind"].connect() as c:
+        known = set(
+            c.execute(
+                select(Instance.sop_instance_uid).where(
+                    Instance.project_id == ref.project_id, Instance.sop_instance_uid.in_(uids)
+                )
+            ).scalars()
+        )
+    for st in staged:
+        if st.prepared is not None and st.prepared.sop_instance_uid in known:
+            if st.syncing is not None and not st.syncing.cancel():
+                _settled(st.syncing)  # not deleted under a running fsync
+            st.prepared.path.unlink(missing_ok=True)
+            st.prepared, st.syncing = None, None
+            st.result = FileResult(st.result.name, "duplicate", "already imported (same SOP Instance UID)")
+
+
+def _settled(fut: Future[None]) -> None:
+    try:
+        fut.result()
+    except OSError:
+        pass
+
+
 def record_files(
-    ref: SessionRef, staged: Sequence[Staged], *, sessions: sessionmaker[Session], home: Path
+    ref: SessionRef,
+    staged: Sequence[Staged],
+    *,
+    sessions: sessionmaker[Session],
+    home: Path,
+    duplicates: sessionmaker[Session] | None = None,
 ) -> list[FileResult]:
     """Record the entries of ``staged`` files, in order (of two of one name, the later wins),
     with one journal write under one hold of the session's shared file lock, after checking the
     commit marker: a commit either sees all of them or this call answers 409 (``_locked``); 404
     when the session is gone. On any failure the staged files are discarded. A file whose fsync
-    was started (``stage_file(sync=True)``) is recorded as synced once that fsync succeeded."""
+    was started (``stage_file(sync=True)``) is recorded as synced once that fsync succeeded.
+    With ``duplicates`` (read-only sessions), the files staged without their duplicate check
+    are checked here, the group in one query."""
     if not staged:
         return []
     try:
+        if duplicates is not None:
+            _drop_duplicates(ref, staged, duplicates)
         for st in staged:
             if st.syncing is not None and st.prepared is not None:
                 try:
