@@ -354,3 +354,35 @@ def test_a_failed_fsync_leaves_the_file_to_the_commit(client, runtime, team, tmp
     entries = service._entries(runtime.settings.home, _upload_id(url))
     assert [e.prepared.synced for e in entries if e.prepared is not None] == [False] * 3
     assert _commit(client, runtime, h, url)["counts"] == {"imported": 3}
+
+
+def test_batch_files_are_stored_as_they_arrive_and_the_commit_checks_them(
+    client, runtime, team, tmp_path, monkeypatch
+):
+    """A batch links its fsync'd files into the blob store and fsyncs its directories while the
+    upload goes on; the commit only checks the blobs are there. One the sweep took meanwhile
+    (an open session's blobs are orphans) is linked again, and its directories fsync'd, by the
+    commit before the rows name it."""
+    pid, h = team
+    paths, _ = ct_series(tmp_path / "ct", slices=3)
+    url = _open(client, h, pid)
+    r = _post(client, h, url, [(p.name, p.read_bytes()) for p in paths])
+    assert r.status_code == 200, r.text
+    entries = service._entries(runtime.settings.home, _upload_id(url))
+    digests = [e.prepared.sha256 for e in entries]
+    assert all(e.prepared.stored and e.prepared.synced for e in entries)
+    assert all(runtime.blobs.exists(d) for d in digests)  # before any commit
+    swept = digests[1]
+    (runtime.blobs.root / swept[:2] / swept[2:4] / swept).unlink()
+    synced: list[set[str]] = []
+    real = type(runtime.blobs).sync_dirs
+
+    def spy(self, wanted):
+        synced.append(set(wanted))
+        return real(self, wanted)
+
+    monkeypatch.setattr(type(runtime.blobs), "sync_dirs", spy)
+    result = _commit(client, runtime, h, url)
+    assert result["counts"] == {"imported": 3}
+    assert all(runtime.blobs.exists(d) for d in digests)
+    assert [s for s in synced if s] == [{swept}]  # only the one linked again

@@ -452,6 +452,8 @@ class _Run:
     staged: dict[Path, Future[str]] = field(default_factory=dict)
     #: blobs linked into the store whose directory entries are not fsync'd yet
     unsynced: set[str] = field(default_factory=set)
+    #: prepared files already linked into the store with their directories fsync'd
+    stored: set[Path] = field(default_factory=set)
     _io: ThreadPoolExecutor | None = None
     _budget: _InFlight = field(default_factory=lambda: _InFlight(_IO_IN_FLIGHT_BYTES))
 
@@ -501,8 +503,11 @@ class _Run:
             with open(path, "rb") as fh:
                 return self.blobs.put_stream(fh)
         # written and fsync'd already: linked into the store, not copied or hashed again
-        digest = self.blobs.adopt(path, fut.result())
-        self.unsynced.add(digest)
+        digest = fut.result()
+        durable = path in self.stored and self.blobs.exists(digest)  # the sweep waits for this job
+        digest = self.blobs.adopt(path, digest)  # (when it is there: its time refreshed)
+        if not durable:
+            self.unsynced.add(digest)
         return digest
 
     def known_sops(self, uids: Iterable[str]) -> set[str]:
@@ -1639,6 +1644,9 @@ class PreparedDicom:
     sha256: str
     synced: bool = True
     """False: written but not fsync'd yet (``store_prepared`` fsyncs it before linking)."""
+    stored: bool = False
+    """Linked into the blob store, its directories fsync'd, when it was received (a batch
+    upload): ``store_prepared`` only checks that the blob is still there."""
 
     @property
     def path(self) -> Path:
@@ -1710,6 +1718,8 @@ def store_prepared(
     run = _Run(sessions, blobs, actor, project_id, job_id, limits or IngestLimits.from_env(), report, work)
     try:
         for p in prepared:
+            if getattr(p, "stored", False):  # (journals of an older version lack the field)
+                run.stored.add(p.path)
             if not p.synced:
                 run.sync_written(p.path, p.sha256)  # fsync'd on the I/O threads meanwhile
                 continue

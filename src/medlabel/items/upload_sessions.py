@@ -635,6 +635,20 @@ def _drop_duplicates(ref: SessionRef, staged: Sequence[Staged], reads: sessionma
             st.result = FileResult(st.result.name, "duplicate", "already imported (same SOP Instance UID)")
 
 
+def _store_early(blobs: BlobStore, prepared: list[PreparedDicom]) -> None:
+    """Link fsync'd prepared files into the blob store and fsync its directories (the commit's
+    work, done while the upload goes on); a failure leaves it to the commit."""
+    try:
+        for p in prepared:
+            blobs.adopt(p.path, p.sha256)
+        blobs.sync_dirs({p.sha256 for p in prepared})
+    except OSError:
+        log.warning("linking prepared files into the blob store failed; the commit does it", exc_info=True)
+        return
+    for p in prepared:
+        p.stored = True
+
+
 def _settled(fut: Future[None]) -> None:
     try:
         fut.result()
@@ -649,6 +663,7 @@ def record_files(
     sessions: sessionmaker[Session],
     home: Path,
     duplicates: sessionmaker[Session] | None = None,
+    blobs: BlobStore | None = None,
 ) -> list[FileResult]:
     """Record the entries of ``staged`` files, in order (of two of one name, the later wins),
     with one journal write under one hold of the session's shared file lock, after checking the
@@ -656,7 +671,9 @@ def record_files(
     when the session is gone. On any failure the staged files are discarded. A file whose fsync
     was started (``stage_file(sync=True)``) is recorded as synced once that fsync succeeded.
     With ``duplicates`` (read-only sessions), the files staged without their duplicate check
-    are checked here, the group in one query."""
+    are checked here, the group in one query. With ``blobs``, the synced files are linked into
+    the blob store and its directories fsync'd now, the group together (``stored``: the commit
+    then only checks them); a blob of a session never committed is an orphan for the sweep."""
     if not staged:
         return []
     try:
@@ -670,6 +687,8 @@ def record_files(
                     log.warning("fsync of %s failed; the commit fsyncs it again", st.prepared.path, exc_info=True)
                 else:
                     st.prepared.synced = True
+        if blobs is not None:
+            _store_early(blobs, [st.prepared for st in staged if st.prepared is not None and st.prepared.synced])
         now = clock.now()
         first = _next_seqs(len(staged))
         records = b"".join(
