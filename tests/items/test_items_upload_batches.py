@@ -359,10 +359,10 @@ def test_a_failed_fsync_leaves_the_file_to_the_commit(client, runtime, team, tmp
 def test_batch_files_are_stored_as_they_arrive_and_the_commit_checks_them(
     client, runtime, team, tmp_path, monkeypatch
 ):
-    """A batch links its fsync'd files into the blob store and fsyncs its directories while the
-    upload goes on; the commit only checks the blobs are there. One the sweep took meanwhile
-    (an open session's blobs are orphans) is linked again, and its directories fsync'd, by the
-    commit before the rows name it."""
+    """A batch links its fsync'd files into the blob store and fsyncs the directories that
+    name them while the upload goes on (``stored``); the commit only checks the blobs are
+    there. One the sweep took meanwhile (an open session's blobs are orphans to it) is linked
+    again by the commit, and its directories fsync'd, before a row names it."""
     pid, h = team
     paths, _ = ct_series(tmp_path / "ct", slices=3)
     url = _open(client, h, pid)
@@ -370,7 +370,7 @@ def test_batch_files_are_stored_as_they_arrive_and_the_commit_checks_them(
     assert r.status_code == 200, r.text
     entries = service._entries(runtime.settings.home, _upload_id(url))
     digests = [e.prepared.sha256 for e in entries]
-    assert all(e.prepared.stored and e.prepared.synced for e in entries)
+    assert all(e.prepared.synced and e.prepared.stored for e in entries)
     assert all(runtime.blobs.exists(d) for d in digests)  # before any commit
     swept = digests[1]
     (runtime.blobs.root / swept[:2] / swept[2:4] / swept).unlink()
@@ -386,3 +386,6 @@ def test_batch_files_are_stored_as_they_arrive_and_the_commit_checks_them(
     assert result["counts"] == {"imported": 3}
     assert all(runtime.blobs.exists(d) for d in digests)
     assert [s for s in synced if s] == [{swept}]  # only the one linked again
+    with session_scope(runtime.sessions) as s:
+        named = set(s.scalars(select(Instance.blob_sha256).where(Instance.project_id == pid)))
+    assert named == set(digests)

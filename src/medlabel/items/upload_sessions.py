@@ -538,7 +538,7 @@ class Staged:
     name: str
     result: FileResult
     prepared: PreparedDicom | None
-    syncing: Future[None] | None = None
+    syncing: Future[bool] | None = None
 
 
 def stage_file(
@@ -601,7 +601,7 @@ def stage_file(
         raise
     staged = Staged(name, result, prepared)
     if sync and prepared is not None and not prepared.synced:
-        staged.syncing = _sync_pool().submit(_fsync, prepared.path)
+        staged.syncing = _sync_pool().submit(_sync_and_link, prepared.path, prepared.sha256, blobs)
     return staged
 
 
@@ -635,21 +635,7 @@ def _drop_duplicates(ref: SessionRef, staged: Sequence[Staged], reads: sessionma
             st.result = FileResult(st.result.name, "duplicate", "already imported (same SOP Instance UID)")
 
 
-def _store_early(blobs: BlobStore, prepared: list[PreparedDicom]) -> None:
-    """Link fsync'd prepared files into the blob store and fsync its directories (the commit's
-    work, done while the upload goes on); a failure leaves it to the commit."""
-    try:
-        for p in prepared:
-            blobs.adopt(p.path, p.sha256)
-        blobs.sync_dirs({p.sha256 for p in prepared})
-    except OSError:
-        log.warning("linking prepared files into the blob store failed; the commit does it", exc_info=True)
-        return
-    for p in prepared:
-        p.stored = True
-
-
-def _settled(fut: Future[None]) -> None:
+def _settled(fut: Future[bool]) -> None:
     try:
         fut.result()
     except OSError:
@@ -663,7 +649,6 @@ def record_files(
     sessions: sessionmaker[Session],
     home: Path,
     duplicates: sessionmaker[Session] | None = None,
-    blobs: BlobStore | None = None,
 ) -> list[FileResult]:
     """Record the entries of ``staged`` files, in order (of two of one name, the later wins),
     with one journal write under one hold of the session's shared file lock, after checking the
@@ -671,9 +656,7 @@ def record_files(
     when the session is gone. On any failure the staged files are discarded. A file whose fsync
     was started (``stage_file(sync=True)``) is recorded as synced once that fsync succeeded.
     With ``duplicates`` (read-only sessions), the files staged without their duplicate check
-    are checked here, the group in one query. With ``blobs``, the synced files are linked into
-    the blob store and its directories fsync'd now, the group together (``stored``: the commit
-    then only checks them); a blob of a session never committed is an orphan for the sweep."""
+    are checked here, the group in one query."""
     if not staged:
         return []
     try:
@@ -682,13 +665,12 @@ def record_files(
         for st in staged:
             if st.syncing is not None and st.prepared is not None:
                 try:
-                    st.syncing.result()
+                    stored = st.syncing.result()
                 except OSError:
                     log.warning("fsync of %s failed; the commit fsyncs it again", st.prepared.path, exc_info=True)
                 else:
                     st.prepared.synced = True
-        if blobs is not None:
-            _store_early(blobs, [st.prepared for st in staged if st.prepared is not None and st.prepared.synced])
+                    st.prepared.stored = bool(stored)
         now = clock.now()
         first = _next_seqs(len(staged))
         records = b"".join(
@@ -794,6 +776,24 @@ def _fsync(path: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def _sync_and_link(path: Path, digest: str, blobs: BlobStore | None) -> bool:
+    """fsync a prepared file; with ``blobs``, then link it into the blob store and fsync the
+    directories that name it: the commit's work, done while the upload goes on (the blob is
+    named only once its data is durable). True when all of that was done (the commit then only
+    checks the blob is there); a failure to link is left to the commit. A blob of a session
+    never committed is an orphan for the sweep (``medlabel.items.blob_sweep``)."""
+    _fsync(path)
+    if blobs is None:
+        return False
+    try:
+        blobs.adopt(path, digest)
+        blobs.sync_dirs([digest])
+    except OSError:
+        log.warning("linking %s into the blob store failed; the commit does it", path, exc_info=True)
+        return False
+    return True
 
 
 # ---------------------------------------------------------------- commit

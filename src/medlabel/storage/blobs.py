@@ -150,7 +150,7 @@ class LocalBlobStore:
         that the names survive a crash; in parallel, since each call waits for the disk."""
         leaves = {self._path(d).parent for d in digests}
         folders = sorted(leaves | {p.parent for p in leaves} | ({self.root} if leaves else set()))
-        if len(folders) <= 2:
+        if len(folders) <= 3:  # one blob's (a thread pool costs more than it saves)
             for folder in folders:
                 _fsync_dir(folder)
             return

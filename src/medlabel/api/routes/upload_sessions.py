@@ -327,7 +327,6 @@ class _Batch:
             sessions=self.rt.sessions,
             home=self.rt.settings.home,
             duplicates=self.reads,
-            blobs=self.rt.blobs,
         )
 
     def abandon(self) -> None:
