@@ -366,8 +366,6 @@ def medlabel_session_ingest(
 ) -> tuple[float, float, dict[str, object]]:
     """Upload ``paths`` through an upload session (one PUT per file from ``clients`` threads),
     commit, run the job; (total seconds, upload seconds, result)."""
-    from medlabel.jobs import service as jobs
-    from medlabel.storage.db import session_scope
 
     client = Lean(base, headers)
     t0 = time.perf_counter()
@@ -382,18 +380,7 @@ def medlabel_session_ingest(
 
     with ThreadPoolExecutor(clients) as pool:
         statuses = list(pool.map(put, paths))
-    if set(statuses) != {"prepared"}:
-        raise RuntimeError(f"not every file was prepared: {sorted(set(statuses))}")
-    job_id = client.request("POST", f"{url}/commit")["id"]  # type: ignore[index]
-    uploaded = time.perf_counter() - t0
-    jobs.execute_job(rt, job_id)  # type: ignore[arg-type]
-    elapsed = time.perf_counter() - t0
-    with session_scope(rt.sessions) as s:  # type: ignore[attr-defined]
-        job = jobs.get_job(s, job_id)
-        if job.state != "succeeded":
-            raise RuntimeError(f"import job {job.state}: {job.error}")
-        result = dict(job.result or {})
-    return elapsed, uploaded, result
+    return _commit_session(client, url, rt, t0, statuses, len(paths))
 
 
 def medlabel_batch_ingest(
@@ -409,8 +396,6 @@ def medlabel_batch_ingest(
     one multipart POST on a connection of its own (so that the server's processes share them),
     from ``clients`` threads (files read as they are sent), commit, run the job; (total seconds,
     upload seconds, result)."""
-    from medlabel.jobs import service as jobs
-    from medlabel.storage.db import session_scope
 
     batches = split(paths, max(1, -(-len(paths) // batch_files)))
     client = Lean(base, headers)
@@ -427,7 +412,18 @@ def medlabel_batch_ingest(
 
     with ThreadPoolExecutor(clients) as pool:
         statuses = [s for answer in pool.map(send, batches) for s in answer]
-    if set(statuses) != {"prepared"} or len(statuses) != len(paths):
+    return _commit_session(client, url, rt, t0, statuses, len(paths))
+
+
+def _commit_session(
+    client: Lean, url: str, rt: object, t0: float, statuses: list[str], files: int
+) -> tuple[float, float, dict[str, object]]:
+    """Check every file was prepared, commit the session, run its job here as a worker would;
+    (seconds since ``t0``, seconds until the commit was answered, the job's result)."""
+    from medlabel.jobs import service as jobs
+    from medlabel.storage.db import session_scope
+
+    if set(statuses) != {"prepared"} or len(statuses) != files:
         raise RuntimeError(f"not every file was prepared: {sorted(set(statuses))}, {len(statuses)} answers")
     job_id = client.request("POST", f"{url}/commit")["id"]  # type: ignore[index]
     uploaded = time.perf_counter() - t0

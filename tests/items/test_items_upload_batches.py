@@ -19,13 +19,13 @@ from sqlalchemy import select
 from medlabel.api.routes import upload_sessions as routes
 from medlabel.items import ingest
 from medlabel.items import upload_sessions as service
-from medlabel.items.models import Instance, Item
+from medlabel.items.models import Instance
 from medlabel.items.stores import project_secret
 from medlabel.storage.db import session_scope
 
 from ..foundation.helpers import make_project, make_user, session_headers
 from .factories import PATIENT_ID, ct_series
-from .test_items_upload_sessions import _commit, _lines, _open, _put, _staging
+from .test_items_upload_sessions import _commit, _items, _lines, _open, _put, _staging
 
 
 @pytest.fixture
@@ -57,20 +57,6 @@ def _body(boundary: str, named: list[tuple[str, bytes]]) -> bytes:
             + b"\r\n"
         )
     return out
-
-
-def _items(rt, project) -> list[tuple]:
-    with session_scope(rt.sessions) as s:
-        out = []
-        for it in s.scalars(select(Item).where(Item.project_id == project)).all():
-            blobs = s.scalars(
-                select(Instance.blob_sha256).where(Instance.item_id == it.id).order_by(Instance.slice_index)
-            ).all()
-            out.append(
-                (it.kind, it.frames, it.width, it.height, it.status, it.study_uid, it.series_uid)
-                + (it.patient_pseudonym, it.dedup_key, it.meta, list(blobs))
-            )
-        return out
 
 
 def _upload_id(url: str) -> str:

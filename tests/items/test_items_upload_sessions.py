@@ -64,6 +64,21 @@ def _staging(rt) -> list[Path]:
     return [p for p in root.rglob("*") if p.is_file()] if root.exists() else []
 
 
+def _items(rt, project) -> list[tuple]:
+    """A project's items as compared between import paths: their fields and their blobs."""
+    with session_scope(rt.sessions) as s:
+        out = []
+        for it in s.scalars(select(Item).where(Item.project_id == project)).all():
+            blobs = s.scalars(
+                select(Instance.blob_sha256).where(Instance.item_id == it.id).order_by(Instance.slice_index)
+            ).all()
+            out.append(
+                (it.kind, it.frames, it.width, it.height, it.status, it.study_uid, it.series_uid)
+                + (it.patient_pseudonym, it.dedup_key, it.meta, list(blobs))
+            )
+        return out
+
+
 def _lines(result):
     return sorted((f["name"], f["status"], f.get("code", ""), f.get("message", "")) for f in result["files"])
 
@@ -108,21 +123,7 @@ def test_session_import_equals_the_multipart_import(client, runtime, team, tmp_p
     assert _lines(result) == _lines(reference)
     assert _staging(runtime) == []
     # the same items, instances and stored files
-    with session_scope(runtime.sessions) as s:
-
-        def items(project):
-            out = []
-            for it in s.scalars(select(Item).where(Item.project_id == project)).all():
-                blobs = s.scalars(
-                    select(Instance.blob_sha256).where(Instance.item_id == it.id).order_by(Instance.slice_index)
-                ).all()
-                out.append(
-                    (it.kind, it.frames, it.width, it.height, it.status, it.study_uid, it.series_uid)
-                    + (it.patient_pseudonym, it.dedup_key, it.meta, list(blobs))
-                )
-            return out
-
-        ours, theirs = items(pid), items(other)
+    ours, theirs = _items(runtime, pid), _items(runtime, other)
     assert ours == theirs and len(ours) == 1 and len(ours[0][-1]) == 8
     ds = pydicom.dcmread(io.BytesIO(runtime.blobs.get(ours[0][-1][0])))
     assert ds.PatientIdentityRemoved == "YES" and ds.PatientID.startswith("ANON-")
@@ -164,7 +165,9 @@ def test_another_users_session_is_404(client, runtime, team, tmp_path):
     assert client.delete(url, headers=other).status_code == 404
     # nor through another project
     elsewhere = make_project(runtime, "Elsewhere", {"boss": ["manager"]})
-    assert client.get(url.replace(f"/projects/{pid}/", f"/projects/{elsewhere}/"), headers=h).status_code == 404
+    assert (
+        client.get(url.replace(f"/projects/{pid}/", f"/projects/{elsewhere}/"), headers=h).status_code == 404
+    )
     assert client.get(url, headers=h).status_code == 200
     assert client.post(f"{url}/commit", headers=h).status_code == 422  # nothing uploaded
 
@@ -245,7 +248,11 @@ def test_a_file_over_the_json_body_limit_is_taken(client, runtime, team, tmp_pat
     url = _open(client, h, pid)
     r = _put(client, h, url, path.name, data)
     assert r.status_code == 200 and r.json()["status"] == "prepared", r.text
-    r = client.post(f"/api/v1/projects/{pid}/uploads", headers={**h, "Content-Type": "application/octet-stream"}, content=data)
+    r = client.post(
+        f"/api/v1/projects/{pid}/uploads",
+        headers={**h, "Content-Type": "application/octet-stream"},
+        content=data,
+    )
     assert r.status_code == 413
 
 
@@ -263,7 +270,9 @@ def test_the_latest_entry_of_a_name_wins_across_journals(client, runtime, team, 
     (first,) = service._entries(home, upload_id)
     # another process (its own journal) takes a.dcm again, later: that one wins
     other = service._Journals()
-    later = service._Entry("a.dcm", service.FileResult("a.dcm", "error", "replaced", "x"), None, clock.now(), "", first.seq + 1)
+    later = service._Entry(
+        "a.dcm", service.FileResult("a.dcm", "error", "replaced", "x"), None, clock.now(), "", first.seq + 1
+    )
     other.append(folder, upload_id, service._record(later))
     (entry,) = service._entries(home, upload_id)
     assert entry.result.message == "replaced"
@@ -273,7 +282,9 @@ def test_the_latest_entry_of_a_name_wins_across_journals(client, runtime, team, 
     (entry,) = service._entries(home, upload_id)
     assert entry.result.status == "prepared" and entry.seq == first.seq
     # an entry file written before the journals existed
-    legacy = service._Entry("old.dcm", service.FileResult("old.dcm", "skipped", "legacy"), None, clock.now(), "")
+    legacy = service._Entry(
+        "old.dcm", service.FileResult("old.dcm", "skipped", "legacy"), None, clock.now(), ""
+    )
     del legacy.seq  # pickled by the older version of the class: no seq at all
     (folder / "files" / "0123.entry").write_bytes(__import__("pickle").dumps(legacy))
     names = {e.uploaded_name: e.result.status for e in service._entries(home, upload_id)}
