@@ -278,3 +278,18 @@ def test_the_element_property_test_exercised_the_reuse(tmp_path: Path, hits: lis
         _outcome(data, tmp_path, cfg, ctx)  # the same file again: nothing changed
         used += len(hits) > before
     assert used >= 10
+
+
+def test_a_long_header_makes_no_template(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, hits: list[int]
+) -> None:
+    """Headers over ``MAX_HEADER_BYTES`` (enhanced multi-frame) are not kept: memory stays bounded."""
+    from medlabel.deid import reuse
+
+    uids = {"study": generate_uid(), "series": generate_uid(), "frame": generate_uid()}
+    files = [_slice(k, syntax=ExplicitVRLittleEndian, **uids) for k in range(3)]
+    cfg, ctx = config(options=DEFAULT), context()
+    monkeypatch.setattr(reuse, "MAX_HEADER_BYTES", 100)
+    for d in files:
+        _outcome(d, tmp_path, cfg, ctx)
+    assert hits == [] and len(ingest._SERIES) == 0

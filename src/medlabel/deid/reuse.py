@@ -47,9 +47,13 @@ from medlabel.imaging.dicom import info_from_dataset, reread_info
 from medlabel.imaging.dicom_encode import dataset_encodings, encode_element
 from medlabel.imaging.model import ImageInfo
 
-__all__ = ["MAX_TEMPLATES", "Reused", "Scan", "SeriesTemplates", "scan"]
+__all__ = ["MAX_HEADER_BYTES", "MAX_TEMPLATES", "Reused", "Scan", "SeriesTemplates", "scan"]
 
 MAX_TEMPLATES = 64
+#: Headers (everything before Pixel Data) longer than this make no template: a template keeps
+#: its header about three times (input, output, decoded), and files with such headers
+#: (enhanced multi-frame, with a functional group per frame) come one per series anyway.
+MAX_HEADER_BYTES = 256 << 10
 
 _EXPLICIT_LE = "1.2.840.10008.1.2.1"
 _IMPLICIT_LE = "1.2.840.10008.1.2"
@@ -280,6 +284,8 @@ class SeriesTemplates:
         """Keep the file ``data`` (scanned as ``source``), prepared the whole way without a
         warning into ``pieces`` (``result``, ``info``), as its series' template. False when it
         cannot serve as one (its output is not a file :func:`scan` reads, it has no state)."""
+        if source.pixel.start > MAX_HEADER_BYTES:
+            return False
         out = b"".join(pieces)
         done = scan(out)
         ds = result.dataset
