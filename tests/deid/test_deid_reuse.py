@@ -61,7 +61,9 @@ def hits(monkeypatch: pytest.MonkeyPatch) -> list[int]:
     ingest._SERIES.clear()
 
 
-def _slice(k: int, *, syntax: str, study: str, series: str, frame: str, patient: str = "PAT-0001") -> bytes:
+def _slice(
+    k: int, *, syntax: str, study: str, series: str, frame: str, patient: str = "PAT-0001", size: int = 16
+) -> bytes:
     meta = FileMetaDataset()
     meta.MediaStorageSOPClassUID = CTImageStorage
     meta.MediaStorageSOPInstanceUID = generate_uid()
@@ -95,7 +97,7 @@ def _slice(k: int, *, syntax: str, study: str, series: str, frame: str, patient:
     ds.ReferencedImageSequence[0].ReferencedSOPClassUID = CTImageStorage
     ds.ReferencedImageSequence[0].ReferencedSOPInstanceUID = "1.2.3.4.5"
     ds.add_new(0x00091010, "LO", "GEMS private")  # no creator: removed
-    ds.Rows = ds.Columns = 16
+    ds.Rows = ds.Columns = size
     ds.SamplesPerPixel = 1
     ds.PhotometricInterpretation = "MONOCHROME2"
     ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 12, 11, 0
@@ -103,7 +105,7 @@ def _slice(k: int, *, syntax: str, study: str, series: str, frame: str, patient:
     ds.WindowCenter, ds.WindowWidth = 40 + k % 2, 400
     ds.PixelSpacing = [0.7, 0.7]
     rng = np.random.default_rng(k)
-    ds.PixelData = rng.integers(0, 4095, (16, 16), dtype=np.uint16).tobytes()
+    ds.PixelData = rng.integers(0, 4095, (size, size), dtype=np.uint16).tobytes()
     import io
 
     buf = io.BytesIO()
@@ -111,13 +113,18 @@ def _slice(k: int, *, syntax: str, study: str, series: str, frame: str, patient:
     return buf.getvalue()
 
 
-@pytest.mark.parametrize("syntax", [ExplicitVRLittleEndian, ImplicitVRLittleEndian])
+@pytest.mark.parametrize(
+    ("syntax", "size"),
+    # 128 x 128: Pixel Data over 16 KiB, written as a piece of its own (the template keeps the
+    # header without it)
+    [(ExplicitVRLittleEndian, 16), (ImplicitVRLittleEndian, 16), (ExplicitVRLittleEndian, 128)],
+)
 @pytest.mark.parametrize("options", [DEFAULT, frozenset()], ids=["default-options", "basic-profile"])
 def test_a_series_is_prepared_from_its_template_byte_for_byte(
-    tmp_path: Path, hits: list[int], syntax: str, options: frozenset[Option]
+    tmp_path: Path, hits: list[int], syntax: str, size: int, options: frozenset[Option]
 ) -> None:
     uids = {"study": generate_uid(), "series": generate_uid(), "frame": generate_uid()}
-    files = [_slice(k, syntax=syntax, **uids) for k in range(12)]
+    files = [_slice(k, syntax=syntax, size=size, **uids) for k in range(12)]
     cfg, ctx = config(options=options), context()
     reused = [_outcome(d, tmp_path, cfg, ctx) for d in files]
     assert len(hits) == len(files) - 1  # the first one went the whole way and became the template

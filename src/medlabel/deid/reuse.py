@@ -102,8 +102,9 @@ class Scan:
         return self.syntax == _IMPLICIT_LE
 
 
-def _read(data: bytes | memoryview, pos: int, implicit: bool) -> _Element:
-    """The element starting at ``pos`` (its value skipped, sequences of undefined length too)."""
+def _read(data: bytes | memoryview, pos: int, implicit: bool, size: int | None = None) -> _Element:
+    """The element starting at ``pos`` (its value skipped, sequences of undefined length too);
+    ``size``: the length of the whole file when ``data`` is only its beginning."""
     if pos + 8 > len(data):
         raise _Unfit("cut short")
     group, elem = _TAG.unpack_from(data, pos)
@@ -127,7 +128,7 @@ def _read(data: bytes | memoryview, pos: int, implicit: bool) -> _Element:
         end = _skip_undefined(data, value, implicit, 0)
     else:
         end = value + length
-        if end > len(data):
+        if end > (len(data) if size is None else size):
             raise _Unfit("value runs past the end")
     return _Element(tag, vr, pos, value, end, length)
 
@@ -177,17 +178,18 @@ def _read_item_head(data: bytes | memoryview, pos: int) -> _Element:
     return _Element(group << 16 | elem, None, pos, pos + 8, pos + 8, length)
 
 
-def scan(data: bytes | memoryview) -> Scan | None:
+def scan(data: bytes | memoryview, *, pixels_after: int = 0) -> Scan | None:
     """Where the elements of ``data`` are, or None when it is not a file this module reads:
     no preamble and ``DICM``, another transfer syntax, elements out of order, Pixel Data
-    missing, of undefined length or not last."""
+    missing, of undefined length or not last. ``pixels_after``: ``data`` stops after the Pixel
+    Data element's header, and this many value bytes follow (not read)."""
     try:
-        return _scan(data)
+        return _scan(data, len(data) + pixels_after)
     except (_Unfit, struct.error, UnicodeDecodeError):
         return None
 
 
-def _scan(data: bytes | memoryview) -> Scan:
+def _scan(data: bytes | memoryview, size: int) -> Scan:
     if len(data) < 132 or bytes(data[128:132]) != b"DICM":
         raise _Unfit("no DICM prefix")
     pos = 132
@@ -207,12 +209,12 @@ def _scan(data: bytes | memoryview) -> Scan:
     elements: list[_Element] = []
     last = -1
     while pos < len(data):
-        e = _read(data, pos, implicit)
+        e = _read(data, pos, implicit, size)
         if e.tag <= last or e.tag >> 16 in (0x0000, 0x0002):
             raise _Unfit("elements out of order, or command/File Meta elements in the data set")
         last = e.tag
         if e.tag == _PIXEL_DATA:
-            if e.length == _UNDEFINED or e.end != len(data):
+            if e.length == _UNDEFINED or e.end != size:
                 raise _Unfit("Pixel Data encapsulated, or not the last element")
             return Scan(syntax, tuple(meta), tuple(elements), e)
         elements.append(e)
@@ -286,8 +288,12 @@ class SeriesTemplates:
         cannot serve as one (its output is not a file :func:`scan` reads, it has no state)."""
         if source.pixel.start > MAX_HEADER_BYTES:
             return False
-        out = b"".join(pieces)
-        done = scan(out)
+        if len(pieces) > 1 and len(pieces[-1]) == source.pixel.length:  # the Pixel Data value
+            out = b"".join(pieces[:-1])  # the header only: the pixels are not copied
+            done = scan(out, pixels_after=source.pixel.length)
+        else:
+            out = b"".join(pieces)
+            done = scan(out)
         ds = result.dataset
         if (
             done is None
