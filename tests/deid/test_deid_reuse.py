@@ -300,3 +300,28 @@ def test_a_long_header_makes_no_template(
     for d in files:
         _outcome(d, tmp_path, cfg, ctx)
     assert hits == [] and len(ingest._SERIES) == 0
+
+
+def test_the_scan_refuses_sequences_nested_too_deep() -> None:
+    """Sequences of undefined length nested past the limit are refused (no deep recursion),
+    and a few levels are read."""
+    from medlabel.deid import reuse
+
+    def nested(levels: int) -> bytes:
+        body = b""
+        for _ in range(levels):  # (0008,1115) SQ, undefined length, one item of undefined length
+            item = b"\xfe\xff\x00\xe0\xff\xff\xff\xff" + body + b"\xfe\xff\x0d\xe0\x00\x00\x00\x00"
+            body = b"\x08\x00\x15\x11SQ\x00\x00\xff\xff\xff\xff" + item + b"\xfe\xff\xdd\xe0\x00\x00\x00\x00"
+        return body
+
+    uids = {"study": generate_uid(), "series": generate_uid(), "frame": generate_uid()}
+    data = _slice(0, syntax=ExplicitVRLittleEndian, **uids)
+    s = scan(data)
+    assert s is not None
+    at = next(e.start for e in s.elements if e.tag > 0x00081115)  # where (0008,1115) goes
+    for levels, readable in ((3, True), (reuse._MAX_DEPTH + 5, False)):
+        variant = data[:at] + nested(levels) + data[at:]
+        found = scan(variant)
+        assert (found is not None) is readable
+        if found is not None:
+            assert 0x00081115 in [e.tag for e in found.elements]

@@ -333,7 +333,7 @@ def test_a_failed_fsync_leaves_the_file_to_the_commit(client, runtime, team, tmp
     def broken(path):
         raise OSError(5, "Input/output error", str(path))
 
-    monkeypatch.setattr(service, "_fsync", broken)
+    monkeypatch.setattr(service, "fsync_path", broken)
     url = _open(client, h, pid)
     r = _post(client, h, url, [(p.name, p.read_bytes()) for p in paths])
     assert r.status_code == 200 and r.json()["counts"] == {"prepared": 3}, r.text

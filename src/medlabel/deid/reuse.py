@@ -102,9 +102,12 @@ class Scan:
         return self.syntax == _IMPLICIT_LE
 
 
-def _read(data: bytes | memoryview, pos: int, implicit: bool, size: int | None = None) -> _Element:
+def _read(
+    data: bytes | memoryview, pos: int, implicit: bool, size: int | None = None, depth: int = 0
+) -> _Element:
     """The element starting at ``pos`` (its value skipped, sequences of undefined length too);
-    ``size``: the length of the whole file when ``data`` is only its beginning."""
+    ``size``: the length of the whole file when ``data`` is only its beginning; ``depth``: how
+    many sequences of undefined length it is nested in."""
     if pos + 8 > len(data):
         raise _Unfit("cut short")
     group, elem = _TAG.unpack_from(data, pos)
@@ -125,7 +128,7 @@ def _read(data: bytes | memoryview, pos: int, implicit: bool, size: int | None =
             length = _U16.unpack_from(data, pos + 6)[0]
             value = pos + 8
     if length == _UNDEFINED:
-        end = _skip_undefined(data, value, implicit, 0)
+        end = _skip_undefined(data, value, implicit, depth)
     else:
         end = value + length
         if end > (len(data) if size is None else size):
@@ -155,19 +158,9 @@ def _skip_undefined(data: bytes | memoryview, pos: int, implicit: bool, depth: i
             if inner.tag == _ITEM_END:
                 pos = inner.value
                 break
-            e = _read(data, pos, implicit) if inner.tag >> 16 != 0xFFFE else None
-            if e is None:
+            if inner.tag >> 16 == 0xFFFE:
                 raise _Unfit("unexpected delimiter in an item")
-            if e.length == _UNDEFINED:
-                e = _Element(
-                    e.tag,
-                    e.vr,
-                    e.start,
-                    e.value,
-                    _skip_undefined(data, e.value, implicit, depth + 1),
-                    e.length,
-                )
-            pos = e.end
+            pos = _read(data, pos, implicit, depth=depth + 1).end
 
 
 def _read_item_head(data: bytes | memoryview, pos: int) -> _Element:

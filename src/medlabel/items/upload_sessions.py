@@ -68,7 +68,7 @@ from medlabel.items.settings import DeidSettings
 from medlabel.items.unpack import FileReport, ImportReport, IngestLimits, display_name, safe_name
 from medlabel.jobs import service as jobs
 from medlabel.security.rbac import GlobalRole
-from medlabel.storage.blobs import BlobStore
+from medlabel.storage.blobs import BlobStore, fsync_path
 from medlabel.storage.cache import RowCache
 from medlabel.storage.models import Job, Project
 
@@ -770,21 +770,13 @@ def _sync_pool() -> ThreadPoolExecutor:
         return _sync[1]
 
 
-def _fsync(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def _sync_and_link(path: Path, digest: str, blobs: BlobStore | None) -> bool:
     """fsync a prepared file; with ``blobs``, then link it into the blob store and fsync the
     directories that name it: the commit's work, done while the upload goes on (the blob is
     named only once its data is durable). True when all of that was done (the commit then only
     checks the blob is there); a failure to link is left to the commit. A blob of a session
     never committed is an orphan for the sweep (``medlabel.items.blob_sweep``)."""
-    _fsync(path)
+    fsync_path(path)
     if blobs is None:
         return False
     try:

@@ -42,8 +42,9 @@ class BlobEntry:
     mtime: float
 
 
-def _fsync_dir(folder: Path) -> None:
-    fd = os.open(folder, os.O_RDONLY)
+def fsync_path(path: Path) -> None:
+    """fsync a file or a directory by its path (opened read-only)."""
+    fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
     finally:
@@ -152,10 +153,10 @@ class LocalBlobStore:
         folders = sorted(leaves | {p.parent for p in leaves} | ({self.root} if leaves else set()))
         if len(folders) <= 3:  # one blob's (a thread pool costs more than it saves)
             for folder in folders:
-                _fsync_dir(folder)
+                fsync_path(folder)
             return
         with ThreadPoolExecutor(min(8, len(folders))) as pool:
-            list(pool.map(_fsync_dir, folders))
+            list(pool.map(fsync_path, folders))
 
     def _commit(self, digest: str, chunks: list[bytes]) -> None:
         final = self._path(digest)
