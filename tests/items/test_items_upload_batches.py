@@ -7,7 +7,10 @@ files, with both projects given one project secret."""
 
 from __future__ import annotations
 
+import errno
 import io
+import os
+import stat
 import uuid
 from pathlib import Path
 
@@ -325,21 +328,59 @@ def test_the_batch_route_is_in_the_openapi_document(app):
     assert ok.endswith("/UploadBatchRead")
 
 
-def test_a_failed_fsync_leaves_the_file_to_the_commit(client, runtime, team, tmp_path, monkeypatch):
-    """An entry says synced only when its fsync succeeded; otherwise the commit fsyncs it."""
+def test_a_file_whose_write_or_fsync_fails_is_refused_and_nothing_of_it_is_left(
+    client, runtime, team, tmp_path, monkeypatch
+):
+    """A batch writes its prepared files on a background thread. One whose fsync fails is an
+    ``error`` line ("send it again"; a second fsync after a failed one may claim data that was
+    lost), its file is removed, and the other files are recorded and committed."""
     pid, h = team
     paths, _ = ct_series(tmp_path / "ct", slices=3)
+    real = os.fsync
+    failed: list[int] = []
 
-    def broken(path):
-        raise OSError(5, "Input/output error", str(path))
+    def flaky(fd):
+        if stat.S_ISREG(os.fstat(fd).st_mode) and not failed:
+            failed.append(fd)
+            raise OSError(errno.EIO, "Input/output error")
+        return real(fd)
 
-    monkeypatch.setattr(service, "fsync_path", broken)
+    url = _open(client, h, pid)
+    monkeypatch.setattr(os, "fsync", flaky)
+    r = _post(client, h, url, [(p.name, p.read_bytes()) for p in paths])
+    monkeypatch.setattr(os, "fsync", real)
+    assert r.status_code == 200 and r.json()["counts"] == {"prepared": 2, "error": 1}, r.text
+    (bad,) = [f for f in r.json()["files"] if f["status"] == "error"]
+    assert "could not be written" in bad["message"] and "Input/output error" in bad["message"], bad
+    assert bad["code"] == "unreadable"
+    folder = runtime.settings.home / "upload-sessions" / _upload_id(url) / "data"
+    assert len(list(folder.iterdir())) == 2  # nothing of the refused file
+    entries = service._entries(runtime.settings.home, _upload_id(url))
+    assert all(e.prepared.synced and e.prepared.pieces is None for e in entries if e.prepared is not None)
+    assert _commit(client, runtime, h, url)["counts"] == {"imported": 2, "error": 1}
+
+
+def test_the_bytes_waiting_to_be_written_are_bounded(client, runtime, team, tmp_path, monkeypatch):
+    """Prepared files wait for their write within a per-process byte budget: with a budget of
+    one file, every file still arrives, and none is held once the request has answered."""
+    pid, h = team
+    paths, _ = ct_series(tmp_path / "ct", slices=4)
+    budget = service._Budget(1)
+    seen: list[tuple[int, int]] = []
+    take = budget.take
+
+    def spy(n):
+        take(n)
+        seen.append((n, budget.held))  # with a budget of 1, one file's bytes at a time
+
+    monkeypatch.setattr(budget, "take", spy)
+    monkeypatch.setattr(service, "_WRITE_BUDGET", budget)
     url = _open(client, h, pid)
     r = _post(client, h, url, [(p.name, p.read_bytes()) for p in paths])
-    assert r.status_code == 200 and r.json()["counts"] == {"prepared": 3}, r.text
-    entries = service._entries(runtime.settings.home, _upload_id(url))
-    assert [e.prepared.synced for e in entries if e.prepared is not None] == [False] * 3
-    assert _commit(client, runtime, h, url)["counts"] == {"imported": 3}
+    assert r.status_code == 200 and r.json()["counts"] == {"prepared": 4}, r.text
+    assert len(seen) == 4 and all(held == n > 1000 for n, held in seen), seen
+    assert budget.held == 0
+    assert _commit(client, runtime, h, url)["counts"] == {"imported": 4}
 
 
 def test_batch_files_are_stored_as_they_arrive_and_the_commit_checks_them(

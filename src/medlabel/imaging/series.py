@@ -222,8 +222,10 @@ def group_series(headers: Sequence[SliceHeader]) -> list[SeriesStack]:
         base: list[str] = []
         if not uid:
             base.append("(0020,000E) Series Instance UID missing; files grouped together")
-        located = [h for h in members if h.info.image_position and h.info.image_orientation]
-        unlocated = [h for h in members if h not in located]
+        located: list[SliceHeader] = []
+        unlocated: list[SliceHeader] = []
+        for h in members:  # (one pass: a membership test would compare whole headers, n² times)
+            (located if h.info.image_position and h.info.image_orientation else unlocated).append(h)
         multi = [h for h in located if h.info.frames > 1]
         located = [h for h in located if h.info.frames == 1]
         for h in unlocated:

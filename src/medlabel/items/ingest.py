@@ -50,7 +50,7 @@ from PIL import Image as PILImage
 from pydicom.dataset import Dataset
 from pydicom.pixels.decoders.base import DecodeRunner
 from pydicom.uid import UID
-from sqlalchemy import select
+from sqlalchemy import insert, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -109,6 +109,7 @@ __all__ = [
     "borrowed_sessions",
     "PreparedDicom",
     "prepare_dicom_file",
+    "write_prepared",
     "store_prepared",
     "deid_for",
     "not_importable",
@@ -504,10 +505,10 @@ class _Run:
                 return self.blobs.put_stream(fh)
         # written and fsync'd already: linked into the store, not copied or hashed again
         digest = fut.result()
-        durable = path in self.stored and self.blobs.exists(digest)  # the sweep waits for this job
-        digest = self.blobs.adopt(path, digest)  # (when it is there: its time refreshed)
-        if not durable:
-            self.unsynced.add(digest)
+        if path in self.stored and self.blobs.refresh(digest):
+            return digest  # linked, its directories fsync'd, when it was received (time refreshed)
+        digest = self.blobs.adopt(path, digest)  # (the sweep may have taken it meanwhile)
+        self.unsynced.add(digest)
         return digest
 
     def known_sops(self, uids: Iterable[str]) -> set[str]:
@@ -572,14 +573,14 @@ class _Run:
         self,
         item: Item,
         *,
-        instances: list[Instance] | None = None,
+        instances: list[dict[str, Any]] | None = None,
         study: tuple[str, str, str] | None = None,
         reasons: tuple[str, ...] = (),
         blob: str = "",
         files: int = 1,
     ) -> int | None:
         """One transaction: study, item, instances, quarantine entry, audit record (last)."""
-        linked = ({blob} | {i.blob_sha256 for i in instances or []}) & self.unsynced
+        linked = ({blob} | {i["blob_sha256"] for i in instances or []}) & self.unsynced
         if linked:  # the blobs' names are durable before a row names them
             self.blobs.sync_dirs(linked)
             self.unsynced -= linked
@@ -605,10 +606,8 @@ class _Run:
                 item.status = "quarantined" if reasons else "ready"
                 s.add(item)
                 s.flush()
-                for inst in instances or []:
-                    inst.item_id = item.id
-                    inst.study_id = study_id
-                    s.add(inst)
+                if instances:
+                    s.execute(insert(Instance), [{**i, "item_id": item.id, "study_id": study_id} for i in instances])
                 if reasons:
                     s.add(
                         QuarantineEntry(
@@ -795,19 +794,27 @@ def _store_image(run: _Run, m: _Dicom) -> None:
     _store_single_file(run, m, item, blob)
 
 
+def _instance_row(
+    run: _Run, series_uid: str, sop_uid: str, blob: str, index: int, position: float | None, frames: int
+) -> dict[str, Any]:
+    """The values of an ``Instance`` row (``create_item`` adds the item and study): a series
+    has hundreds, inserted in one statement, not as ORM objects."""
+    return {
+        "project_id": run.project_id,
+        "series_uid": series_uid,
+        "sop_instance_uid": sop_uid,
+        "blob_sha256": blob,
+        "slice_index": index,
+        "position": position,
+        "frames": frames,
+    }
+
+
 def _store_single_file(run: _Run, m: _Dicom, item: Item, blob: str) -> None:
     """Store ``item`` made of the one file ``m`` (its instance row, study, quarantine, audit) and
     report the file."""
     info = m.info
-    inst = Instance(
-        project_id=run.project_id,
-        series_uid=info.uids.series_instance_uid,
-        sop_instance_uid=info.uids.sop_instance_uid,
-        blob_sha256=blob,
-        slice_index=0,
-        position=None,
-        frames=info.frames,
-    )
+    inst = _instance_row(run, info.uids.series_instance_uid, info.uids.sop_instance_uid, blob, 0, None, info.frames)
     item_id = run.create_item(
         item,
         instances=[inst],
@@ -1175,14 +1182,14 @@ def _store_members(
     DICOM-WSI slide: one pyramid level per instance) and report every member file."""
     first = members[0].info
     instances = [
-        Instance(
-            project_id=run.project_id,
-            series_uid=m.info.uids.series_instance_uid,
-            sop_instance_uid=m.info.uids.sop_instance_uid,
-            blob_sha256=b,
-            slice_index=i,
-            position=None if positions is None else positions[i],
-            frames=1 if positions is not None else m.info.frames,
+        _instance_row(
+            run,
+            m.info.uids.series_instance_uid,
+            m.info.uids.sop_instance_uid,
+            b,
+            i,
+            None if positions is None else positions[i],
+            1 if positions is not None else m.info.frames,
         )
         for i, (m, b) in enumerate(zip(members, blobs, strict=True))
     ]
@@ -1647,6 +1654,9 @@ class PreparedDicom:
     stored: bool = False
     """Linked into the blob store, its directories fsync'd, when it was received (a batch
     upload): ``store_prepared`` only checks that the blob is still there."""
+    pieces: list[bytes | memoryview] | None = None
+    """The de-identified file's bytes while they wait to be written (``prepare_dicom_file(...,
+    defer=True)``): the file at ``path`` does not exist until ``write_prepared`` wrote them."""
 
     @property
     def path(self) -> Path:
@@ -1666,27 +1676,29 @@ def prepare_dicom_file(
     work: Path,
     limits: IngestLimits | None = None,
     sync: bool = True,
+    defer: bool = False,
 ) -> PreparedDicom:
     """Prepare one DICOM file now, exactly as an import does (read, pixel check, de-identify in
     place, serialise) into ``work``, hashed (and fsync'd when ``sync``; else ``store_prepared``
     does it). Raises ``MedlabelError`` for a refused file. ``path`` is the original file (left
-    for the caller to delete) or its bytes."""
+    for the caller to delete) or its bytes.
+
+    With ``defer``, nothing is written: the result holds the bytes (``pieces``) for
+    :func:`write_prepared`, so that the caller writes them on an I/O thread. Creating and
+    writing a file can wait for the file system's journal (on ext4, behind the commits of other
+    threads' fsyncs: ≈ 1 ms a file here), which a thread doing CPU work should not."""
     digest: list[str] = []
+    held: list[list[bytes | memoryview]] = []
 
     def write(target: Path, pieces: list[bytes | memoryview]) -> None:
-        h = hashlib.sha256()
-        fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        try:
+        if defer:
+            h = hashlib.sha256()
             for piece in pieces:
                 h.update(piece)
-                view = memoryview(piece).cast("B")
-                while view:
-                    view = view[os.write(fd, view) :]
-            if sync:
-                os.fsync(fd)
-        finally:
-            os.close(fd)
-        digest.append(h.hexdigest())
+            digest.append(h.hexdigest())
+            held.append(pieces)
+            return
+        digest.append(_write_file(target, pieces, sync=sync, hashed=True) or "")
 
     d = _prepare_dicom(
         Candidate(name, path if isinstance(path, Path) else work / name),
@@ -1697,7 +1709,44 @@ def prepare_dicom_file(
         stage=write,
         source=None if isinstance(path, Path) else path,
     )
+    if defer:
+        return PreparedDicom(d, digest[0], False, pieces=held[0])
     return PreparedDicom(d, digest[0], sync)
+
+
+def _write_file(target: Path, pieces: list[bytes | memoryview], *, sync: bool, hashed: bool) -> str | None:
+    """Create ``target`` (it must not exist) holding ``pieces``, fsync'd when ``sync``; its
+    SHA-256 when ``hashed``. A failure removes what was created."""
+    h = hashlib.sha256() if hashed else None
+    fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        for piece in pieces:
+            if h is not None:
+                h.update(piece)
+            view = memoryview(piece).cast("B")
+            while view:
+                view = view[os.write(fd, view) :]
+        if sync:
+            os.fsync(fd)
+    except BaseException:
+        os.close(fd)
+        target.unlink(missing_ok=True)
+        raise
+    os.close(fd)
+    return h.hexdigest() if h is not None else None
+
+
+def write_prepared(prepared: PreparedDicom) -> None:
+    """Write and fsync the held bytes of a file prepared with ``defer`` (then dropped): the file
+    is created at ``prepared.path`` (it must not exist; a failure leaves nothing there)."""
+    pieces = prepared.pieces
+    if pieces is None:
+        return
+    try:
+        _write_file(prepared.path, pieces, sync=True, hashed=False)
+    finally:
+        prepared.pieces = None
+    prepared.synced = True
 
 
 def store_prepared(

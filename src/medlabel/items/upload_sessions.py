@@ -62,6 +62,7 @@ from medlabel.items.ingest import (
     not_importable,
     prepare_dicom_file,
     store_prepared,
+    write_prepared,
 )
 from medlabel.items.models import Instance, UploadSession
 from medlabel.items.settings import DeidSettings
@@ -473,6 +474,7 @@ def _prepare(
     settings: DeidSettings,
     work: Path,
     limits: IngestLimits,
+    defer: bool = False,
 ) -> tuple[FileResult, PreparedDicom | None]:
     try:
         kind = sniff(original)
@@ -486,7 +488,9 @@ def _prepare(
                 "POST /projects/{project_id}/imports"
             )
         config, ctx = _deid_context(settings, secret_key, sessions, project_id)
-        p = prepare_dicom_file(original, name, config=config, ctx=ctx, work=work, limits=limits, sync=False)
+        p = prepare_dicom_file(
+            original, name, config=config, ctx=ctx, work=work, limits=limits, sync=False, defer=defer
+        )
     except MedlabelError as exc:
         return FileResult(name, "error", exc.message, exc.code), None
     except Exception as exc:  # noqa: BLE001  (one unreadable file is a result, as in an import)
@@ -559,10 +563,13 @@ def stage_file(
     """The preparation half of :func:`put_file`: prepare the file received at ``original``
     (deleted here, whatever happens; or its bytes, received in memory), check it against the
     project's instances (``duplicate``) and reserve its blob's directories; nothing is recorded.
-    With ``sync``, the prepared file's fsync is started on a background thread, and
-    :func:`record_files` waits for it and records the file as synced (the commit then skips
-    it). 404 when the session is gone. Without ``check_duplicates``, :func:`record_files` is to
-    check a group of files at once (``duplicates``)."""
+    With ``sync``, the prepared file is written, fsync'd and (with ``blobs``) linked into the
+    blob store on a background thread (``_write_and_link``: this thread does no file system
+    work that could wait for the journal), and :func:`record_files` waits for that and records
+    the file as synced (the commit then skips it); the bytes waiting to be written are bounded
+    per process (``_WRITE_BUDGET``: this call waits). 404 when the session is gone. Without
+    ``check_duplicates``, :func:`record_files` is to check a group of files at once
+    (``duplicates``)."""
     shown = check_name(name)
     folder = _folder(home, ref.id)
     try:
@@ -575,6 +582,7 @@ def stage_file(
             settings=settings,
             work=folder / "data",
             limits=limits or IngestLimits.from_env(),
+            defer=sync,
         )
     except FileNotFoundError:
         raise NotFound(f"upload session {ref.id!r} is gone") from None
@@ -593,23 +601,88 @@ def stage_file(
                 result = FileResult(shown, "duplicate", "already imported (same SOP Instance UID)")
                 prepared.path.unlink(missing_ok=True)
                 prepared = None
-            elif blobs is not None:
+            elif blobs is not None and prepared.pieces is None:
                 blobs.reserve(prepared.sha256)
     except BaseException:
         if prepared is not None:
+            prepared.pieces = None
             prepared.path.unlink(missing_ok=True)
         raise
     staged = Staged(name, result, prepared)
-    if sync and prepared is not None and not prepared.synced:
+    if prepared is not None and prepared.pieces is not None:
+        staged.syncing = _write_later(prepared, blobs)
+    elif sync and prepared is not None and not prepared.synced:
         staged.syncing = _sync_pool().submit(_sync_and_link, prepared.path, prepared.sha256, blobs)
     return staged
 
 
+class _Budget:
+    """Bytes held for writing in this process: ``take`` waits while others hold ``limit`` (one
+    bigger file goes alone)."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.held = 0
+        self._cond = threading.Condition()
+
+    def take(self, n: int) -> None:
+        with self._cond:
+            self._cond.wait_for(lambda: self.held == 0 or self.held + n <= self.limit)
+            self.held += n
+
+    def give(self, n: int) -> None:
+        with self._cond:
+            self.held -= n
+            self._cond.notify_all()
+
+
+#: Bytes of prepared files waiting for (or in) their write in one server process: when the
+#: disk is slower than the preparation, the preparer waits, so the batch stops receiving.
+_WRITE_BUDGET = _Budget(64 << 20)
+
+
+class _NotWritten(Exception):
+    """The prepared file could not be written (nothing of it is left)."""
+
+
+def _write_later(prepared: PreparedDicom, blobs: BlobStore | None) -> Future[bool]:
+    """Write (and fsync, link) a prepared file's held bytes on an fsync thread; the bytes count
+    against ``_WRITE_BUDGET`` until then (or until the write is cancelled)."""
+    size = sum(len(memoryview(p).cast("B")) for p in prepared.pieces or ())
+    _WRITE_BUDGET.take(size)
+    try:
+        fut = _sync_pool().submit(_write_and_link, prepared, blobs)
+    except BaseException:
+        _WRITE_BUDGET.give(size)
+        raise
+
+    def done(_f: Future[bool]) -> None:
+        prepared.pieces = None  # also when cancelled: the bytes are not held any longer
+        _WRITE_BUDGET.give(size)
+
+    fut.add_done_callback(done)
+    return fut
+
+
+def _write_and_link(prepared: PreparedDicom, blobs: BlobStore | None) -> bool:
+    """``_sync_and_link`` for a file prepared with ``defer``: written and fsync'd first. A
+    failure to write raises ``_NotWritten`` (the file is refused; nothing is left)."""
+    try:
+        write_prepared(prepared)
+    except OSError as exc:
+        raise _NotWritten(f"the prepared file could not be written: {exc}") from exc
+    return _link(prepared.path, prepared.sha256, blobs)
+
+
 def discard(staged: Iterable[Staged]) -> None:
-    """Delete the prepared files of staged files that will not be recorded."""
+    """Delete the prepared files of staged files that will not be recorded (a write still
+    running deletes its file when it ends)."""
     for st in staged:
         if st.prepared is not None:
-            st.prepared.path.unlink(missing_ok=True)
+            path = st.prepared.path
+            if st.syncing is not None and not st.syncing.cancel():
+                st.syncing.add_done_callback(lambda _f, p=path: p.unlink(missing_ok=True))  # type: ignore[misc]
+            path.unlink(missing_ok=True)
 
 
 def _drop_duplicates(ref: SessionRef, staged: Sequence[Staged], reads: sessionmaker[Session]) -> None:
@@ -666,6 +739,11 @@ def record_files(
             if st.syncing is not None and st.prepared is not None:
                 try:
                     stored = st.syncing.result()
+                except _NotWritten as exc:
+                    log.warning("%s: %s", st.name, exc)
+                    st.prepared, st.syncing = None, None
+                    st.result = FileResult(st.result.name, "error", str(exc), "unreadable")
+                    continue
                 except OSError:
                     log.warning("fsync of %s failed; the commit fsyncs it again", st.prepared.path, exc_info=True)
                 else:
@@ -777,6 +855,12 @@ def _sync_and_link(path: Path, digest: str, blobs: BlobStore | None) -> bool:
     checks the blob is there); a failure to link is left to the commit. A blob of a session
     never committed is an orphan for the sweep (``medlabel.items.blob_sweep``)."""
     fsync_path(path)
+    return _link(path, digest, blobs)
+
+
+def _link(path: Path, digest: str, blobs: BlobStore | None) -> bool:
+    """Link a written and fsync'd prepared file into the blob store and fsync the directories
+    that name it; True when done (a failure is logged and left to the commit)."""
     if blobs is None:
         return False
     try:

@@ -42,7 +42,7 @@ class BlobEntry:
     mtime: float
 
 
-def fsync_path(path: Path) -> None:
+def fsync_path(path: str | os.PathLike[str]) -> None:
     """fsync a file or a directory by its path (opened read-only)."""
     fd = os.open(path, os.O_RDONLY)
     try:
@@ -55,6 +55,7 @@ class BlobStore(Protocol):
     def put(self, data: bytes) -> str: ...
     def put_stream(self, stream: BinaryIO) -> str: ...
     def adopt(self, path: Path, digest: str) -> str: ...
+    def refresh(self, digest: str) -> bool: ...
     def reserve(self, digest: str) -> None: ...
     def sync_dirs(self, digests: Iterable[str]) -> None: ...
     def get(self, digest: str) -> bytes: ...
@@ -68,13 +69,18 @@ class LocalBlobStore:
     def __init__(self, root: Path) -> None:
         self.root = Path(root)
         self.root.mkdir(parents=True, exist_ok=True)
+        self._root = os.fspath(self.root)
         self._tmp = self.root / "tmp"
         self._tmp.mkdir(exist_ok=True)
 
     def _path(self, digest: str) -> Path:
+        return Path(self._name(digest))
+
+    def _name(self, digest: str) -> str:
+        """The blob's path as a string (an import names hundreds a second: no ``Path`` objects)."""
         if not _DIGEST.match(digest):
             raise InvalidInput(f"blob name must be 64 lowercase hex digits (SHA-256), found {digest!r}")
-        return self.root / digest[:2] / digest[2:4] / digest
+        return f"{self._root}/{digest[:2]}/{digest[2:4]}/{digest}"
 
     def put(self, data: bytes) -> str:
         digest = hashlib.sha256(data).hexdigest()
@@ -115,28 +121,39 @@ class LocalBlobStore:
         ``digest``: it must have hashed exactly the bytes it wrote. Call ``sync_dirs`` on the
         returned digests before committing rows that name them.
         """
-        final = self._path(digest)
+        final = self._name(digest)
         if self._touch(digest):
             return digest
-        final.parent.mkdir(parents=True, exist_ok=True)
-        try:
-            os.link(path, final)
-        except FileExistsError:
-            return digest  # stored meanwhile (same name, same bytes)
-        except OSError:  # another file system, or links not supported: copy
-            with open(path, "rb") as fh:
-                return self.put_stream(fh)
+        for attempt in (1, 2):
+            try:
+                os.link(path, final)
+            except FileNotFoundError:  # its directories are not there yet (or ``path`` is gone)
+                if attempt == 2 or not os.path.exists(path):
+                    raise
+                os.makedirs(os.path.dirname(final), exist_ok=True)
+                continue
+            except FileExistsError:
+                return digest  # stored meanwhile (same name, same bytes)
+            except OSError:  # another file system, or links not supported: copy
+                with open(path, "rb") as fh:
+                    return self.put_stream(fh)
+            break
         return digest
+
+    def refresh(self, digest: str) -> bool:
+        """Whether ``digest`` is stored; if so its mtime becomes now (see ``_touch``)."""
+        return self._touch(digest)
 
     def _touch(self, digest: str) -> bool:
         """Whether ``digest`` is stored; if so its mtime becomes now, so that the orphan sweep
         (``medlabel.items.blob_sweep``, by age) never takes a blob an import is about to name."""
+        name = self._name(digest)
         try:
-            os.utime(self._path(digest))
+            os.utime(name)
         except FileNotFoundError:
             return False
         except OSError:
-            return self._path(digest).exists()
+            return os.path.exists(name)
         return True
 
     def reserve(self, digest: str) -> None:
@@ -149,8 +166,8 @@ class LocalBlobStore:
     def sync_dirs(self, digests: Iterable[str]) -> None:
         """fsync the directories holding ``digests`` (and their parents, which may be new), so
         that the names survive a crash; in parallel, since each call waits for the disk."""
-        leaves = {self._path(d).parent for d in digests}
-        folders = sorted(leaves | {p.parent for p in leaves} | ({self.root} if leaves else set()))
+        leaves = {os.path.dirname(self._name(d)) for d in digests}
+        folders = sorted(leaves | {os.path.dirname(p) for p in leaves} | ({self._root} if leaves else set()))
         if len(folders) <= 3:  # one blob's (a thread pool costs more than it saves)
             for folder in folders:
                 fsync_path(folder)
@@ -189,7 +206,7 @@ class LocalBlobStore:
             raise NotFound(f"blob {digest} is not in the store") from None
 
     def exists(self, digest: str) -> bool:
-        return self._path(digest).exists()
+        return os.path.exists(self._name(digest))
 
     def delete(self, digest: str) -> None:
         self._path(digest).unlink(missing_ok=True)
