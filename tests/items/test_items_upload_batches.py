@@ -416,3 +416,45 @@ def test_batch_files_are_stored_as_they_arrive_and_the_commit_checks_them(
     with session_scope(runtime.sessions) as s:
         named = set(s.scalars(select(Instance.blob_sha256).where(Instance.project_id == pid)))
     assert named == set(digests)
+
+
+def test_the_directories_of_a_group_are_fsynced_at_once_and_only_then_stored(
+    client, runtime, team, tmp_path, monkeypatch
+):
+    """The files of a recorded group have their blob directories fsync'd in one call before
+    their entries say ``stored``; when that fails, the entries say synced but not stored, and
+    the commit fsyncs the directories itself before a row names the blobs."""
+    pid, h = team
+    paths, _ = ct_series(tmp_path / "ct", slices=3)
+    blob_type = type(runtime.blobs)
+    real = blob_type.sync_dirs
+    calls: list[set[str]] = []
+
+    def spy(self, wanted):
+        calls.append(set(wanted))
+        return real(self, wanted)
+
+    monkeypatch.setattr(blob_type, "sync_dirs", spy)
+    url = _open(client, h, pid)
+    r = _post(client, h, url, [(p.name, p.read_bytes()) for p in paths])
+    assert r.status_code == 200, r.text
+    entries = service._entries(runtime.settings.home, _upload_id(url))
+    assert calls == [{e.prepared.sha256 for e in entries}]  # one call for the group of 3
+    assert all(e.prepared.stored for e in entries)
+
+    def broken(self, wanted):
+        calls.append(set(wanted))
+        raise OSError(errno.EIO, "Input/output error")
+
+    calls.clear()
+    monkeypatch.setattr(blob_type, "sync_dirs", broken)
+    url = _open(client, h, pid)
+    others, _ = ct_series(tmp_path / "ct2", slices=3, seed=5)
+    r = _post(client, h, url, [(p.name, p.read_bytes()) for p in others])
+    assert r.status_code == 200 and r.json()["counts"] == {"prepared": 3}, r.text
+    entries = service._entries(runtime.settings.home, _upload_id(url))
+    assert [(e.prepared.synced, e.prepared.stored) for e in entries] == [(True, False)] * 3
+    calls.clear()
+    monkeypatch.setattr(blob_type, "sync_dirs", spy)
+    assert _commit(client, runtime, h, url)["counts"] == {"imported": 3}
+    assert set().union(*calls) == {e.prepared.sha256 for e in entries}

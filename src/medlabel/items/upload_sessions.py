@@ -69,7 +69,7 @@ from medlabel.items.settings import DeidSettings
 from medlabel.items.unpack import FileReport, ImportReport, IngestLimits, display_name, safe_name
 from medlabel.jobs import service as jobs
 from medlabel.security.rbac import GlobalRole
-from medlabel.storage.blobs import BlobStore, fsync_path
+from medlabel.storage.blobs import BlobStore
 from medlabel.storage.cache import RowCache
 from medlabel.storage.models import Job, Project
 
@@ -435,9 +435,10 @@ def _entries(home: Path, upload_id: str) -> list[_Entry]:
             if e.uploaded_name not in latest or key > latest[e.uploaded_name][:2]:
                 latest[e.uploaded_name] = (*key, e)
     out = []
+    data = os.fspath(_folder(home, upload_id) / "data")
     for _seq, _order, e in latest.values():
         if e.prepared is not None:  # the folder may have been reached by another path
-            e.prepared.dicom.path = _folder(home, upload_id) / "data" / e.prepared.path.name
+            e.prepared.dicom.path = Path(data, e.prepared.path.name)
         out.append(e)
     return sorted(out, key=lambda e: (e.result.name, e.uploaded_name))
 
@@ -611,8 +612,6 @@ def stage_file(
     staged = Staged(name, result, prepared)
     if prepared is not None and prepared.pieces is not None:
         staged.syncing = _write_later(prepared, blobs)
-    elif sync and prepared is not None and not prepared.synced:
-        staged.syncing = _sync_pool().submit(_sync_and_link, prepared.path, prepared.sha256, blobs)
     return staged
 
 
@@ -665,13 +664,25 @@ def _write_later(prepared: PreparedDicom, blobs: BlobStore | None) -> Future[boo
 
 
 def _write_and_link(prepared: PreparedDicom, blobs: BlobStore | None) -> bool:
-    """``_sync_and_link`` for a file prepared with ``defer``: written and fsync'd first. A
-    failure to write raises ``_NotWritten`` (the file is refused; nothing is left)."""
+    """Write and fsync a file prepared with ``defer``, then (with ``blobs``) link it into the
+    blob store: the commit's work, done while the upload goes on (the blob is named only once
+    its data is durable). True when linked: :func:`record_files` then fsyncs the directories
+    of its group at once, and the commit only checks the blob is there. A failure to write (or
+    fsync) raises ``_NotWritten`` (the file is refused; nothing of it is left); a failure to
+    link is logged and left to the commit. A blob of a session never committed is an orphan
+    for the sweep (``medlabel.items.blob_sweep``)."""
     try:
         write_prepared(prepared)
     except OSError as exc:
-        raise _NotWritten(f"the prepared file could not be written: {exc}") from exc
-    return _link(prepared.path, prepared.sha256, blobs)
+        raise _NotWritten(f"the prepared file could not be written: {exc}; send it again") from exc
+    if blobs is None:
+        return False
+    try:
+        blobs.adopt(prepared.path, prepared.sha256)
+    except OSError:
+        log.warning("linking %s into the blob store failed; the commit does it", prepared.path, exc_info=True)
+        return False
+    return True
 
 
 def discard(staged: Iterable[Staged]) -> None:
@@ -711,7 +722,7 @@ def _drop_duplicates(ref: SessionRef, staged: Sequence[Staged], reads: sessionma
 def _settled(fut: Future[bool]) -> None:
     try:
         fut.result()
-    except OSError:
+    except (OSError, _NotWritten):
         pass
 
 
@@ -722,33 +733,45 @@ def record_files(
     sessions: sessionmaker[Session],
     home: Path,
     duplicates: sessionmaker[Session] | None = None,
+    blobs: BlobStore | None = None,
 ) -> list[FileResult]:
     """Record the entries of ``staged`` files, in order (of two of one name, the later wins),
     with one journal write under one hold of the session's shared file lock, after checking the
     commit marker: a commit either sees all of them or this call answers 409 (``_locked``); 404
-    when the session is gone. On any failure the staged files are discarded. A file whose fsync
-    was started (``stage_file(sync=True)``) is recorded as synced once that fsync succeeded.
-    With ``duplicates`` (read-only sessions), the files staged without their duplicate check
-    are checked here, the group in one query."""
+    when the session is gone. On any failure the staged files are discarded. A file whose write
+    was started (``stage_file(sync=True)``) is recorded as synced once it was written and
+    fsync'd (one whose write failed becomes an ``error`` result); those linked into ``blobs``
+    have the directories that name them fsync'd here, the group's at once (on ext4 the first
+    fsync commits the journal for all of them), and are recorded as ``stored``. With
+    ``duplicates`` (read-only sessions), the files staged without their duplicate check are
+    checked here, the group in one query."""
     if not staged:
         return []
     try:
         if duplicates is not None:
             _drop_duplicates(ref, staged, duplicates)
+        linked: list[PreparedDicom] = []
         for st in staged:
-            if st.syncing is not None and st.prepared is not None:
-                try:
-                    stored = st.syncing.result()
-                except _NotWritten as exc:
-                    log.warning("%s: %s", st.name, exc)
-                    st.prepared, st.syncing = None, None
-                    st.result = FileResult(st.result.name, "error", str(exc), "unreadable")
-                    continue
-                except OSError:
-                    log.warning("fsync of %s failed; the commit fsyncs it again", st.prepared.path, exc_info=True)
-                else:
-                    st.prepared.synced = True
-                    st.prepared.stored = bool(stored)
+            if st.syncing is None or st.prepared is None:
+                continue
+            try:
+                is_linked = st.syncing.result()
+            except _NotWritten as exc:
+                log.warning("%s: %s", st.name, exc)
+                st.prepared, st.syncing = None, None
+                st.result = FileResult(st.result.name, "error", str(exc), "unreadable")
+                continue
+            st.prepared.synced = True
+            if is_linked:
+                linked.append(st.prepared)
+        if linked and blobs is not None:
+            try:
+                blobs.sync_dirs([p.sha256 for p in linked])
+            except OSError:
+                log.warning("fsync of the blob directories failed; the commit links and fsyncs them", exc_info=True)
+            else:
+                for p in linked:
+                    p.stored = True
         now = clock.now()
         first = _next_seqs(len(staged))
         records = b"".join(
@@ -846,30 +869,6 @@ def _sync_pool() -> ThreadPoolExecutor:
         if _sync is None or _sync[0] != os.getpid():  # a forked child has no threads of its own
             _sync = (os.getpid(), ThreadPoolExecutor(_SYNC_THREADS, thread_name_prefix="medlabel-upload-sync"))
         return _sync[1]
-
-
-def _sync_and_link(path: Path, digest: str, blobs: BlobStore | None) -> bool:
-    """fsync a prepared file; with ``blobs``, then link it into the blob store and fsync the
-    directories that name it: the commit's work, done while the upload goes on (the blob is
-    named only once its data is durable). True when all of that was done (the commit then only
-    checks the blob is there); a failure to link is left to the commit. A blob of a session
-    never committed is an orphan for the sweep (``medlabel.items.blob_sweep``)."""
-    fsync_path(path)
-    return _link(path, digest, blobs)
-
-
-def _link(path: Path, digest: str, blobs: BlobStore | None) -> bool:
-    """Link a written and fsync'd prepared file into the blob store and fsync the directories
-    that name it; True when done (a failure is logged and left to the commit)."""
-    if blobs is None:
-        return False
-    try:
-        blobs.adopt(path, digest)
-        blobs.sync_dirs([digest])
-    except OSError:
-        log.warning("linking %s into the blob store failed; the commit does it", path, exc_info=True)
-        return False
-    return True
 
 
 # ---------------------------------------------------------------- commit

@@ -327,6 +327,7 @@ class _Batch:
             sessions=self.rt.sessions,
             home=self.rt.settings.home,
             duplicates=self.reads,
+            blobs=self.rt.blobs,
         )
 
     def abandon(self) -> None:
