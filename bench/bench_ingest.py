@@ -35,8 +35,12 @@ request; httpx, used before, needed ≈ 1 ms, taken from the same two CPUs as th
 All sides first take one untimed warm-up import of ``WARMUP`` other slices (medlabel: the server
 processes' first requests, the import worker processes a long-running worker keeps; Orthanc:
 its first-request work). Each repetition then uses fresh medlabel projects and a freshly started
-Orthanc, alternating; the median of the repetitions is reported (runs vary by tens of percent
-on small machines).
+Orthanc, alternating (session, multipart, batched, then Orthanc's two at once after the
+batched run); the median of the repetitions is reported (runs vary by tens of percent on small
+machines), and for the batched run also the median of each repetition's own ratio to Orthanc's
+runs right after it (less moved by the machine's speed drifting over minutes).
+``--batched-only`` runs the batched upload and Orthanc's two only (more repetitions in the
+same time).
 
 Run: .venv/bin/python bench/bench_ingest.py [--quick] [--slices N] [--repeat N] [--clients N] [--server-workers N]
 Prints seconds, slices per second and the ratio medlabel / Orthanc (lower is faster).
@@ -451,6 +455,11 @@ def main() -> None:
     )
     ap.add_argument("--server-workers", type=int, default=2, help="medlabel server processes (default 2)")
     ap.add_argument("--batch-files", type=int, default=BATCH_FILES, help=f"files per batch ({BATCH_FILES})")
+    ap.add_argument(
+        "--batched-only",
+        action="store_true",
+        help="only the batched upload and Orthanc's two (more repetitions in the same time)",
+    )
     args = ap.parse_args()
     n = args.slices or (40 if args.quick else 300)
     repeat = args.repeat or (1 if args.quick else 3)
@@ -484,15 +493,23 @@ def main() -> None:
                 workers = start_import_workers(timeout=120)  # as a long-running worker has them
             print(f"medlabel server processes: {args.server_workers}; import worker processes: {workers}")
             for k in range(repeat):
-                total, upload, result = medlabel_session_ingest(
-                    base, headers, pids[3 * k], rt, paths, clients
-                )
-                sessions.append(total)
-                print(
-                    f"  run {k + 1}: medlabel session   {total:.2f} s ({n / total:.0f} slices/s; PUTs + commit "
-                    f"{upload:.2f} s, job {total - upload:.2f} s) {result['counts']}",
-                    flush=True,
-                )
+                if not args.batched_only:
+                    total, upload, result = medlabel_session_ingest(
+                        base, headers, pids[3 * k], rt, paths, clients
+                    )
+                    sessions.append(total)
+                    print(
+                        f"  run {k + 1}: medlabel session   {total:.2f} s ({n / total:.0f} slices/s; PUTs + commit "
+                        f"{upload:.2f} s, job {total - upload:.2f} s) {result['counts']}",
+                        flush=True,
+                    )
+                    total, upload, result = medlabel_ingest(base, headers, pids[3 * k + 2], rt, paths)
+                    multipart.append(total)
+                    print(
+                        f"  run {k + 1}: medlabel multipart {total:.2f} s ({n / total:.0f} slices/s; upload {upload:.2f} s, "
+                        f"import job {total - upload:.2f} s) {result['counts']}",
+                        flush=True,
+                    )
                 total, upload, result = medlabel_batch_ingest(
                     base, headers, pids[3 * k + 1], rt, paths, clients, args.batch_files
                 )
@@ -500,13 +517,6 @@ def main() -> None:
                 print(
                     f"  run {k + 1}: medlabel batched   {total:.2f} s ({n / total:.0f} slices/s; {clients} POSTs + "
                     f"commit {upload:.2f} s, job {total - upload:.2f} s) {result['counts']}",
-                    flush=True,
-                )
-                total, upload, result = medlabel_ingest(base, headers, pids[3 * k + 2], rt, paths)
-                multipart.append(total)
-                print(
-                    f"  run {k + 1}: medlabel multipart {total:.2f} s ({n / total:.0f} slices/s; upload {upload:.2f} s, "
-                    f"import job {total - upload:.2f} s) {result['counts']}",
                     flush=True,
                 )
                 with orthanc() as url:
@@ -526,20 +536,22 @@ def main() -> None:
                         f"  run {k + 1}: Orthanc ZIPs       {theirs_zip[-1]:.2f} s ({n / theirs_zip[-1]:.0f} slices/s)",
                         flush=True,
                     )
-        m = statistics.median(sessions)
+        m = statistics.median(sessions) if sessions else float("nan")
         mbat = statistics.median(batched)
-        mm = statistics.median(multipart)
-        print(
-            f"medlabel upload session ({clients} clients, {args.server_workers} server processes; de-identify + "
-            f"import), median of {repeat}: {m:.2f} s, {n / m:.0f} slices/s"
-        )
+        mm = statistics.median(multipart) if multipart else float("nan")
+        if sessions:
+            print(
+                f"medlabel upload session ({clients} clients, {args.server_workers} server processes; de-identify "
+                f"+ import), median of {repeat}: {m:.2f} s, {n / m:.0f} slices/s"
+            )
         print(
             f"medlabel upload session, batched ({args.batch_files} files a POST, {clients} clients), median of {repeat}: "
             f"{mbat:.2f} s, {n / mbat:.0f} slices/s"
         )
-        print(
-            f"medlabel multipart (one POST + import job), median of {repeat}: {mm:.2f} s, {n / mm:.0f} slices/s"
-        )
+        if multipart:
+            print(
+                f"medlabel multipart (one POST + import job), median of {repeat}: {mm:.2f} s, {n / mm:.0f} slices/s"
+            )
         if not theirs:
             print("Orthanc: not available (apt-get install -y orthanc); no ratio")
             return
@@ -553,11 +565,22 @@ def main() -> None:
             f"Orthanc POST /instances, ZIP archives of {args.batch_files} files from {clients} clients, median of {repeat}: "
             f"{oz:.2f} s, {n / oz:.0f} slices/s"
         )
+        ratios = [("session", m), ("batched", mbat), ("multipart", mm)]
         print(
-            f"ratio medlabel/Orthanc: session {m / o:.2f}, batched {mbat / o:.2f}, multipart {mm / o:.2f} "
-            "(lower is faster)"
+            "ratio medlabel/Orthanc: "
+            + ", ".join(f"{name} {t / o:.2f}" for name, t in ratios if t == t)  # (nan: not run)
+            + " (lower is faster)"
         )
         print(f"ratio batched medlabel / batched Orthanc (ZIPs): {mbat / oz:.2f}")
+        # each batched run is followed at once by Orthanc's two: the median of the runs' own
+        # ratios is less moved by the machine's speed drifting over the minutes of the bench
+        pairs = [a / b for a, b in zip(batched, theirs, strict=False)]
+        pairs_zip = [a / b for a, b in zip(batched, theirs_zip, strict=False)]
+        print(
+            f"ratio batched medlabel / Orthanc, median of the {len(pairs)} runs' own ratios: "
+            f"{statistics.median(pairs):.2f} (runs {min(pairs):.2f}-{max(pairs):.2f}); against its ZIPs "
+            f"{statistics.median(pairs_zip):.2f} ({min(pairs_zip):.2f}-{max(pairs_zip):.2f})"
+        )
 
 
 if __name__ == "__main__":
