@@ -7,6 +7,8 @@ that one against pydicom and the source arrays): the same items, byte-identical 
 from __future__ import annotations
 
 import io
+import os
+import time
 from datetime import timedelta
 from pathlib import Path
 
@@ -16,7 +18,7 @@ from pydicom.data import get_testdata_file
 from sqlalchemy import func, select
 
 from medlabel import clock
-from medlabel.items import ingest
+from medlabel.items import blob_sweep, ingest
 from medlabel.items import upload_sessions as service
 from medlabel.items.models import Instance, Item, Study, UploadSession
 from medlabel.items.stores import project_secret
@@ -179,6 +181,9 @@ def test_abandoned_session_leaves_nothing(client, runtime, team, tmp_path):
     for p in paths:
         assert _put(client, h, url, p.name, p.read_bytes()).json()["status"] == "prepared"
     assert _staging(runtime)
+    service.settle()  # the PUTs' files were linked into the blob store after their answers
+    linked = set(runtime.blobs.digests())
+    assert len(linked) == 3
     assert client.delete(url, headers=h).status_code == 204
     assert _staging(runtime) == []
     assert not list(service.staging_root(runtime.settings.home).iterdir())
@@ -186,6 +191,14 @@ def test_abandoned_session_leaves_nothing(client, runtime, team, tmp_path):
     assert _rows(runtime, pid) == (0, 0, 0)
     with session_scope(runtime.sessions) as s:
         assert s.scalar(select(func.count(UploadSession.id))) == 0
+    # no row names them: orphans, which the sweep removes once they are old enough
+    for d in linked:
+        old = time.time() - 48 * 3600
+        os.utime(runtime.blobs.path(d), (old, old))
+    report = blob_sweep.sweep_blobs(
+        runtime.sessions, runtime.blobs, older_than=timedelta(hours=24), actor=service.Actor(None, "sweeper", "admin")
+    )
+    assert set(report.digests) == linked, report
     assert list(runtime.blobs.digests()) == []
 
 
@@ -323,3 +336,52 @@ def test_a_member_removed_cannot_put_any_more(client, runtime, team, tmp_path):
     with session_scope(runtime.sessions) as s:
         projects.remove_member(s, SYSTEM, s.get(Project, pid), "boss", "manager")
     assert _put(client, h, url, paths[1].name, paths[1].read_bytes()).status_code == 404
+
+
+def test_a_puts_file_is_fsynced_and_linked_after_the_answer_and_the_commit_skips_it(
+    client, runtime, team, tmp_path, monkeypatch
+):
+    """After a PUT has answered, its prepared file is fsync'd and linked into the blob store on
+    a background thread and its entry recorded again as synced and stored (same sequence
+    number), so the commit job fsyncs nothing; one whose session was committed meanwhile is
+    not recorded again, and the commit fsyncs it itself."""
+    pid, h = team
+    paths, _ = ct_series(tmp_path / "ct", slices=3)
+    fsynced: list[Path] = []
+    real_fsync = ingest._fsync_file
+
+    def spy(path, digest):
+        fsynced.append(path)
+        return real_fsync(path, digest)
+
+    monkeypatch.setattr(ingest, "_fsync_file", spy)
+    url = _open(client, h, pid)
+    for p in paths:
+        assert _put(client, h, url, p.name, p.read_bytes()).json()["status"] == "prepared"
+    service.settle()
+    upload_id = url.rsplit("/", 1)[-1]
+    entries = service._entries(runtime.settings.home, upload_id)
+    assert [(e.prepared.synced, e.prepared.stored) for e in entries] == [(True, True)] * 3
+    assert all(runtime.blobs.exists(e.prepared.sha256) for e in entries)
+    assert _commit(client, runtime, h, url)["counts"] == {"imported": 3}
+    assert fsynced == []
+
+    # committed before the background work ran: nothing recorded again, the commit does it
+    real_complete = service._complete
+    held: list[tuple] = []
+    monkeypatch.setattr(service, "_complete", lambda *a: held.append(a))
+    url = _open(client, h, pid)
+    others, _ = ct_series(tmp_path / "ct2", slices=3, seed=4)
+    for p in others:
+        assert _put(client, h, url, p.name, p.read_bytes()).json()["status"] == "prepared"
+    service.settle()
+    r = client.post(f"{url}/commit", headers=h)
+    assert r.status_code == 202, r.text
+    assert len(held) == 3
+    for args in held:
+        real_complete(*args)
+    upload_id = url.rsplit("/", 1)[-1]
+    entries = service._entries(runtime.settings.home, upload_id)
+    assert [(e.prepared.synced, e.prepared.stored) for e in entries] == [(False, False)] * 3
+    assert run_job(runtime, r.json()["id"])["counts"] == {"imported": 3}
+    assert sorted(fsynced) == sorted(e.prepared.path for e in entries)

@@ -43,7 +43,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -69,7 +69,7 @@ from medlabel.items.settings import DeidSettings
 from medlabel.items.unpack import FileReport, ImportReport, IngestLimits, display_name, safe_name
 from medlabel.jobs import service as jobs
 from medlabel.security.rbac import GlobalRole
-from medlabel.storage.blobs import BlobStore
+from medlabel.storage.blobs import BlobStore, fsync_path
 from medlabel.storage.cache import RowCache
 from medlabel.storage.models import Job, Project
 
@@ -544,6 +544,8 @@ class Staged:
     result: FileResult
     prepared: PreparedDicom | None
     syncing: Future[bool] | None = None
+    entry: _Entry | None = None
+    """What :func:`record_files` recorded for it."""
 
 
 def stage_file(
@@ -774,9 +776,9 @@ def record_files(
                     p.stored = True
         now = clock.now()
         first = _next_seqs(len(staged))
-        records = b"".join(
-            _record(_Entry(st.name, st.result, st.prepared, now, _BOOT, first + i)) for i, st in enumerate(staged)
-        )
+        for i, st in enumerate(staged):
+            st.entry = _Entry(st.name, st.result, st.prepared, now, _BOOT, first + i)
+        records = b"".join(_record(st.entry) for st in staged if st.entry is not None)
         with _locked(home, ref.id, exclusive=False) as there:
             if not there:
                 raise NotFound(f"upload session {ref.id!r} is gone")
@@ -835,7 +837,40 @@ def put_file(
         read_sessions=read_sessions,
         blobs=blobs,
     )
-    return record_files(ref, [staged], sessions=sessions, home=home)[0]
+    result = record_files(ref, [staged], sessions=sessions, home=home)[0]
+    if staged.entry is not None and staged.entry.prepared is not None and blobs is not None:
+        _sync_pool().submit(_complete, home, ref.id, staged.entry, blobs)
+    return result
+
+
+def settle() -> None:
+    """Wait until the fsync threads have done what was queued so far (tests; a server that
+    stops)."""
+    pool = _sync_pool()
+    barrier = threading.Barrier(_SYNC_THREADS)  # each thread takes one, after the earlier tasks
+    for fut in [pool.submit(barrier.wait) for _ in range(_SYNC_THREADS)]:
+        fut.result()
+
+
+def _complete(home: Path, upload_id: str, entry: _Entry, blobs: BlobStore) -> None:
+    """After a PUT was answered: fsync its prepared file, link it into the blob store, fsync the
+    directories that name it, then record the entry again, as synced and stored, with the same
+    sequence number (it replaces the first record, unless the name was sent again since), so
+    that the commit job skips that work. Best effort: when anything fails, or the session was
+    committed (or is gone) meanwhile, the entry stays as first recorded and the commit does the
+    work as before."""
+    prepared = entry.prepared
+    assert prepared is not None
+    try:
+        fsync_path(prepared.path)
+        blobs.adopt(prepared.path, prepared.sha256)
+        blobs.sync_dirs([prepared.sha256])
+        done = _record(replace(entry, prepared=replace(prepared, synced=True, stored=True)))
+        with _locked(home, upload_id, exclusive=False) as there:
+            if there and not _marked(home, upload_id):
+                _JOURNALS.append(_folder(home, upload_id), upload_id, done)
+    except OSError:
+        log.info("fsync or link of %s after its PUT failed; the commit does it", prepared.path, exc_info=True)
 
 
 _seq_lock = threading.Lock()
