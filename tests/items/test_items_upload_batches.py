@@ -366,15 +366,15 @@ def test_the_bytes_waiting_to_be_written_are_bounded(client, runtime, team, tmp_
     one file, every file still arrives, and none is held once the request has answered."""
     pid, h = team
     paths, _ = ct_series(tmp_path / "ct", slices=4)
-    budget = service._Budget(1)
+    budget = ingest.ByteBudget(1)
     seen: list[tuple[int, int]] = []
-    take = budget.take
+    take = budget.acquire
 
     def spy(n):
         take(n)
         seen.append((n, budget.held))  # with a budget of 1, one file's bytes at a time
 
-    monkeypatch.setattr(budget, "take", spy)
+    monkeypatch.setattr(budget, "acquire", spy)
     monkeypatch.setattr(service, "_WRITE_BUDGET", budget)
     url = _open(client, h, pid)
     r = _post(client, h, url, [(p.name, p.read_bytes()) for p in paths])

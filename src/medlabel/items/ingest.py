@@ -108,6 +108,7 @@ __all__ = [
     "new_upload_dir",
     "borrowed_sessions",
     "PreparedDicom",
+    "ByteBudget",
     "prepare_dicom_file",
     "write_prepared",
     "store_prepared",
@@ -381,8 +382,10 @@ _IO_THREADS = 4
 _IO_IN_FLIGHT_BYTES = 256 << 20
 
 
-class _InFlight:
-    """A byte budget for data handed to the I/O threads (bounds the memory an import holds)."""
+class ByteBudget:
+    """A byte budget for data handed to I/O threads (bounds the memory an import, or a server
+    process's batch uploads, hold): ``acquire`` waits while others hold ``limit`` bytes (one
+    bigger piece of data goes alone)."""
 
     def __init__(self, limit: int) -> None:
         self._limit = limit
@@ -400,29 +403,23 @@ class _InFlight:
             self._used -= n
             self._cond.notify_all()
 
+    @property
+    def held(self) -> int:
+        return self._used
+
 
 def _size(pieces: list[bytes | memoryview]) -> int:
     return sum(memoryview(p).nbytes for p in pieces)
 
 
 def _write_synced(
-    path: Path, pieces: list[bytes | memoryview], budget: _InFlight, blobs: BlobStore | None = None
+    path: Path, pieces: list[bytes | memoryview], budget: ByteBudget, blobs: BlobStore | None = None
 ) -> str:
     """Write ``pieces`` to the new file ``path`` and fsync it; returns its SHA-256 (I/O thread).
     With ``blobs``, the blob's directories are made too (``BlobStore.reserve``)."""
     try:
-        h = hashlib.sha256()
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        try:
-            for piece in pieces:
-                h.update(piece)
-                view = memoryview(piece).cast("B")
-                while view:
-                    view = view[os.write(fd, view) :]
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        digest = h.hexdigest()
+        digest = _write_file(path, pieces, sync=True, hashed=True)
+        assert digest is not None
         if blobs is not None:
             blobs.reserve(digest)
         return digest
@@ -456,7 +453,7 @@ class _Run:
     #: prepared files already linked into the store with their directories fsync'd
     stored: set[Path] = field(default_factory=set)
     _io: ThreadPoolExecutor | None = None
-    _budget: _InFlight = field(default_factory=lambda: _InFlight(_IO_IN_FLIGHT_BYTES))
+    _budget: ByteBudget = field(default_factory=lambda: ByteBudget(_IO_IN_FLIGHT_BYTES))
 
     def stage(self, path: Path, pieces: list[bytes | memoryview]) -> None:
         """Hash, write and fsync ``pieces`` as ``path`` on an I/O thread (``put_file`` waits)."""

@@ -57,6 +57,7 @@ from medlabel.errors import Conflict, InvalidInput, MedlabelError, NotFound, Uns
 from medlabel.imaging import FileKind, sniff
 from medlabel.items.ingest import (
     DICOMDIR_NOTE,
+    ByteBudget,
     PreparedDicom,
     deid_for,
     not_importable,
@@ -617,29 +618,9 @@ def stage_file(
     return staged
 
 
-class _Budget:
-    """Bytes held for writing in this process: ``take`` waits while others hold ``limit`` (one
-    bigger file goes alone)."""
-
-    def __init__(self, limit: int) -> None:
-        self.limit = limit
-        self.held = 0
-        self._cond = threading.Condition()
-
-    def take(self, n: int) -> None:
-        with self._cond:
-            self._cond.wait_for(lambda: self.held == 0 or self.held + n <= self.limit)
-            self.held += n
-
-    def give(self, n: int) -> None:
-        with self._cond:
-            self.held -= n
-            self._cond.notify_all()
-
-
 #: Bytes of prepared files waiting for (or in) their write in one server process: when the
 #: disk is slower than the preparation, the preparer waits, so the batch stops receiving.
-_WRITE_BUDGET = _Budget(64 << 20)
+_WRITE_BUDGET = ByteBudget(64 << 20)
 
 
 class _NotWritten(Exception):
@@ -649,17 +630,17 @@ class _NotWritten(Exception):
 def _write_later(prepared: PreparedDicom, blobs: BlobStore | None) -> Future[bool]:
     """Write (and fsync, link) a prepared file's held bytes on an fsync thread; the bytes count
     against ``_WRITE_BUDGET`` until then (or until the write is cancelled)."""
-    size = sum(len(memoryview(p).cast("B")) for p in prepared.pieces or ())
-    _WRITE_BUDGET.take(size)
+    size = sum(memoryview(p).nbytes for p in prepared.pieces or ())
+    _WRITE_BUDGET.acquire(size)
     try:
         fut = _sync_pool().submit(_write_and_link, prepared, blobs)
     except BaseException:
-        _WRITE_BUDGET.give(size)
+        _WRITE_BUDGET.release(size)
         raise
 
     def done(_f: Future[bool]) -> None:
         prepared.pieces = None  # also when cancelled: the bytes are not held any longer
-        _WRITE_BUDGET.give(size)
+        _WRITE_BUDGET.release(size)
 
     fut.add_done_callback(done)
     return fut
