@@ -1682,8 +1682,9 @@ def prepare_dicom_file(
 
     With ``defer``, nothing is written: the result holds the bytes (``pieces``) for
     :func:`write_prepared`, so that the caller writes them on an I/O thread. Creating and
-    writing a file can wait for the file system's journal (on ext4, behind the commits of other
-    threads' fsyncs: ≈ 1 ms a file here), which a thread doing CPU work should not."""
+    writing a file can wait for the file system (its journal's commits behind other threads'
+    fsyncs, or the inode allocator: ≈ 1 ms a file measured), which a thread doing CPU work
+    should not."""
     digest: list[str] = []
     held: list[list[bytes | memoryview]] = []
 

@@ -569,7 +569,7 @@ def stage_file(
     project's instances (``duplicate``) and reserve its blob's directories; nothing is recorded.
     With ``sync``, the prepared file is written, fsync'd and (with ``blobs``) linked into the
     blob store on a background thread (``_write_and_link``: this thread does no file system
-    work that could wait for the journal), and :func:`record_files` waits for that and records
+    work that could wait for the disk), and :func:`record_files` waits for that and records
     the file as synced (the commit then skips it); the bytes waiting to be written are bounded
     per process (``_WRITE_BUDGET``: this call waits). 404 when the session is gone. Without
     ``check_duplicates``, :func:`record_files` is to check a group of files at once
@@ -724,8 +724,8 @@ def record_files(
     when the session is gone. On any failure the staged files are discarded. A file whose write
     was started (``stage_file(sync=True)``) is recorded as synced once it was written and
     fsync'd (one whose write failed becomes an ``error`` result); those linked into ``blobs``
-    have the directories that name them fsync'd here, the group's at once (on ext4 the first
-    fsync commits the journal for all of them), and are recorded as ``stored``. With
+    have the directories that name them fsync'd here, the group's in one call (not three fsyncs
+    a file), and are recorded as ``stored``. With
     ``duplicates`` (read-only sessions), the files staged without their duplicate check are
     checked here, the group in one query."""
     if not staged:

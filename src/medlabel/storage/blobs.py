@@ -84,7 +84,7 @@ class LocalBlobStore:
 
     def put(self, data: bytes) -> str:
         digest = hashlib.sha256(data).hexdigest()
-        if self._touch(digest):
+        if self.refresh(digest):
             return digest
         self._commit(digest, [data])
         return digest
@@ -101,7 +101,7 @@ class LocalBlobStore:
                 os.fsync(out.fileno())
             digest = h.hexdigest()
             final = self._path(digest)
-            if self._touch(digest):
+            if self.refresh(digest):
                 os.unlink(tmp)
                 return digest
             final.parent.mkdir(parents=True, exist_ok=True)
@@ -122,7 +122,7 @@ class LocalBlobStore:
         returned digests before committing rows that name them.
         """
         final = self._name(digest)
-        if self._touch(digest):
+        if self.refresh(digest):
             return digest
         for attempt in (1, 2):
             try:
@@ -141,10 +141,6 @@ class LocalBlobStore:
         return digest
 
     def refresh(self, digest: str) -> bool:
-        """Whether ``digest`` is stored; if so its mtime becomes now (see ``_touch``)."""
-        return self._touch(digest)
-
-    def _touch(self, digest: str) -> bool:
         """Whether ``digest`` is stored; if so its mtime becomes now, so that the orphan sweep
         (``medlabel.items.blob_sweep``, by age) never takes a blob an import is about to name."""
         name = self._name(digest)
