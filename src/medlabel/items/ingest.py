@@ -95,6 +95,7 @@ from medlabel.items.unpack import (
     uploads_root,
 )
 from medlabel.storage.blobs import BlobStore
+from medlabel.storage.files import write_new_file
 from medlabel.storage.models import Project
 
 __all__ = [
@@ -418,7 +419,7 @@ def _write_synced(
     """Write ``pieces`` to the new file ``path`` and fsync it; returns its SHA-256 (I/O thread).
     With ``blobs``, the blob's directories are made too (``BlobStore.reserve``)."""
     try:
-        digest = _write_file(path, pieces, sync=True, hashed=True)
+        digest = write_new_file(path, pieces, sync=True, hashed=True)
         assert digest is not None
         if blobs is not None:
             blobs.reserve(digest)
@@ -1696,7 +1697,7 @@ def prepare_dicom_file(
             digest.append(h.hexdigest())
             held.append(pieces)
             return
-        digest.append(_write_file(target, pieces, sync=sync, hashed=True) or "")
+        digest.append(write_new_file(target, pieces, sync=sync, hashed=True) or "")
 
     d = _prepare_dicom(
         Candidate(name, path if isinstance(path, Path) else work / name),
@@ -1712,28 +1713,6 @@ def prepare_dicom_file(
     return PreparedDicom(d, digest[0], sync)
 
 
-def _write_file(target: Path, pieces: list[bytes | memoryview], *, sync: bool, hashed: bool) -> str | None:
-    """Create ``target`` (it must not exist) holding ``pieces``, fsync'd when ``sync``; its
-    SHA-256 when ``hashed``. A failure removes what was created."""
-    h = hashlib.sha256() if hashed else None
-    fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    try:
-        for piece in pieces:
-            if h is not None:
-                h.update(piece)
-            view = memoryview(piece).cast("B")
-            while view:
-                view = view[os.write(fd, view) :]
-        if sync:
-            os.fsync(fd)
-    except BaseException:
-        os.close(fd)
-        target.unlink(missing_ok=True)
-        raise
-    os.close(fd)
-    return h.hexdigest() if h is not None else None
-
-
 def write_prepared(prepared: PreparedDicom) -> None:
     """Write and fsync the held bytes of a file prepared with ``defer`` (then dropped): the file
     is created at ``prepared.path`` (it must not exist; a failure leaves nothing there)."""
@@ -1741,7 +1720,7 @@ def write_prepared(prepared: PreparedDicom) -> None:
     if pieces is None:
         return
     try:
-        _write_file(prepared.path, pieces, sync=True, hashed=False)
+        write_new_file(prepared.path, pieces, sync=True, hashed=False)
     finally:
         prepared.pieces = None
     prepared.synced = True
