@@ -16,6 +16,7 @@ import hashlib
 import os
 import re
 import tempfile
+import threading
 from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -49,6 +50,21 @@ def fsync_path(path: str | os.PathLike[str]) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+#: Threads that fsync blob directories in parallel (``sync_dirs``), kept for the process: one
+#: pool made and joined per call started eight threads for every group of files recorded.
+_DIR_SYNC_THREADS = 8
+_dir_pool: tuple[int, ThreadPoolExecutor] | None = None
+_dir_pool_lock = threading.Lock()
+
+
+def _dir_syncers() -> ThreadPoolExecutor:
+    global _dir_pool
+    with _dir_pool_lock:
+        if _dir_pool is None or _dir_pool[0] != os.getpid():  # a forked child has no threads of its own
+            _dir_pool = (os.getpid(), ThreadPoolExecutor(_DIR_SYNC_THREADS, thread_name_prefix="medlabel-dir-sync"))
+        return _dir_pool[1]
 
 
 class BlobStore(Protocol):
@@ -168,8 +184,7 @@ class LocalBlobStore:
             for folder in folders:
                 fsync_path(folder)
             return
-        with ThreadPoolExecutor(min(8, len(folders))) as pool:
-            list(pool.map(fsync_path, folders))
+        list(_dir_syncers().map(fsync_path, folders))
 
     def _commit(self, digest: str, chunks: list[bytes]) -> None:
         final = self._path(digest)

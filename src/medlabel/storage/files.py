@@ -60,17 +60,20 @@ def write_new_file(
     ``pieces``, and fsync it when ``sync`` (directly, around the page cache, where the file
     system allows); returns the SHA-256 of the bytes when ``hashed``. A failure removes what
     was created and raises the ``OSError``."""
-    if sync and direct_io_enabled():
+    if sync and direct_io_enabled() and (not _no_direct or _device(target) not in _no_direct):
         try:
-            dev = os.stat(os.path.dirname(os.fspath(target)) or ".").st_dev
-        except OSError:
-            dev = -1
-        if dev not in _no_direct:
-            try:
-                return _write_direct(target, pieces, hashed)
-            except _Refused:
-                _no_direct.add(dev)
+            return _write_direct(target, pieces, hashed)
+        except _Refused:
+            _no_direct.add(_device(target))
     return _write_buffered(target, pieces, sync, hashed)
+
+
+def _device(target: Path | str) -> int:
+    """The file system (``st_dev``) ``target`` is created in; -1 when unknown."""
+    try:
+        return os.stat(os.path.dirname(os.fspath(target)) or ".").st_dev
+    except OSError:
+        return -1
 
 
 class _Refused(Exception):
