@@ -227,6 +227,7 @@ class _Batch:
         self.up = up
         self.rt = rt
         self.reads = read_sessions(rt)
+        self.limits = IngestLimits.from_env()  # once per request, not per part
         self.flight: deque[tuple[int, asyncio.Future[service.Staged]]] = deque()  # (bytes, preparation)
         self.held = 0
         self.ready: list[service.Staged] = []
@@ -244,6 +245,7 @@ class _Batch:
             sessions=self.rt.sessions,
             secret_key=self.rt.settings.secret_key,
             home=self.rt.settings.home,
+            limits=self.limits,
             read_sessions=self.reads,
             blobs=self.rt.blobs,
             sync=True,
@@ -373,7 +375,7 @@ async def post_upload_files(request: Request, up: UploadFile, rt: RuntimeDep) ->
             parts = uploads.iter_file_parts(
                 ctype,
                 request.stream(),
-                max_files=IngestLimits.from_env().max_files,
+                max_files=batch.limits.max_files,
                 in_memory=_IN_MEMORY,
                 spool_to=lambda: service.receive_path(up.upload, home=home),
             )
