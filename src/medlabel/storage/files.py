@@ -5,9 +5,10 @@ cache), so a durable write goes around the page cache where the file system allo
 (``O_DIRECT``): the bytes are copied into a reused, page-aligned buffer of this thread and the
 disk reads them from there. A buffered write first copies every byte into fresh page-cache
 pages; on virtual machines whose memory the host backs lazily (balloon free-page reporting),
-touching those pages cost 1–1.5 ms of CPU per 512 KiB in ``copy_folio_from_iter_atomic`` on
-the CI machines, against 0.2 ms for the same write and fsync direct (``docs/performance.md``),
-and a large import no longer evicts the cache of what is being viewed.
+touching those pages cost 1.3–1.6 ms of CPU per 512 KiB in ``copy_folio_from_iter_atomic`` on
+this project's 2-core VMs, against 0.2 ms for the same write and fsync direct
+(``docs/performance.md``). And a large import no longer evicts what is being viewed from the
+page cache.
 
 Where direct I/O is refused (tmpfs, some network file systems: ``EINVAL`` when opening or
 writing), the write is buffered instead and that file system is remembered as such, and
