@@ -17,6 +17,7 @@ import os
 import re
 import tempfile
 import threading
+import uuid
 from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -24,6 +25,7 @@ from pathlib import Path
 from typing import BinaryIO, Protocol
 
 from medlabel.errors import InvalidInput, NotFound
+from medlabel.storage.files import write_new_file
 
 __all__ = ["BlobEntry", "BlobStore", "LocalBlobStore"]
 
@@ -189,13 +191,9 @@ class LocalBlobStore:
     def _commit(self, digest: str, chunks: list[bytes]) -> None:
         final = self._path(digest)
         final.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=self._tmp)
+        tmp = f"{self._tmp}/{uuid.uuid4().hex}"
+        write_new_file(tmp, chunks)  # fsync'd; a failure leaves nothing
         try:
-            with os.fdopen(fd, "wb") as out:
-                for c in chunks:
-                    out.write(c)
-                out.flush()
-                os.fsync(out.fileno())
             os.replace(tmp, final)
         except BaseException:
             if os.path.exists(tmp):
