@@ -7,9 +7,11 @@ parser Starlette uses) and each ``files`` part is written once, to its final nam
 folder. The writes leave the event loop in batches of a few MiB (one thread hop per batch, not
 per network chunk), so a slow disk never stalls other requests.
 
-``iter_file_parts`` is the same parsing for an upload session's batch route: each ``files`` part
-is handed over (in memory, or spooled to a file when big) as soon as it has been received whole,
-so the route prepares it while the rest of the body arrives.
+``iter_file_parts`` is the parsing for an upload session's batch route: each ``files`` part is
+handed over (in memory, or spooled to a file when big) as soon as it has been received whole,
+so the route prepares it while the rest of the body arrives. It cuts the body at its delimiters
+with ``bytes.find`` (``_Splitter``) rather than python-multipart's per-byte state machine: the
+batch route receives hundreds of files a second on one event loop.
 """
 
 from __future__ import annotations
@@ -296,6 +298,124 @@ class _Collector(_Parts):
             self.current = None
 
 
+_PREAMBLE, _AFTER, _DATA, _EPILOGUE = range(4)  # where a ``_Splitter`` is in the body
+_HEAD_STEP = 4 << 10  # bytes of a chunk looked at per step for the end of a part's headers
+
+
+class _Splitter:
+    """A ``multipart/form-data`` body (RFC 7578, RFC 2046 5.1) cut at its delimiters with
+    ``bytes.find``, the parts' data handed to ``parts`` as views of the received chunks.
+
+    python-multipart, which the import route uses, runs a state machine in Python over every
+    chunk and calls back per piece; for an upload batch (hundreds of 0.5 MiB files a second)
+    that was ≈ 0.15 ms of the event loop's time a file, this ≈ 0.02. The part headers go
+    through the same ``_Parts`` callbacks (names, file names, the limits). Only CRLF line ends
+    are taken, as python-multipart takes them."""
+
+    def __init__(self, boundary: bytes, parts: _Collector) -> None:
+        self.delimiter = b"\r\n--" + boundary
+        self.parts = parts
+        self.state = _PREAMBLE
+        self.carry = b"\r\n"  # held back: maybe the start of a delimiter (the first has no CRLF)
+        self.head = bytearray()  # after a delimiter: the rest of its line and the part's headers
+
+    def write(self, chunk: bytes) -> None:
+        at: int | None = 0
+        while at is not None and at < len(chunk):
+            if self.state == _DATA or self.state == _PREAMBLE:
+                at = self._data(chunk, at)
+            elif self.state == _AFTER:
+                at = self._after(chunk, at)
+            else:  # the epilogue is ignored
+                return
+
+    def finish(self) -> None:
+        """At the end of the body: raises ``InvalidInput`` when it ends inside a part."""
+        if self.state in (_DATA, _AFTER):
+            raise InvalidInput("malformed multipart body: it ends inside a part")
+
+    def _emit(self, data: bytes, start: int, end: int) -> None:
+        if self.state == _DATA and end > start:
+            self.parts.on_part_data(data, start, end)
+
+    def _data(self, chunk: bytes, at: int) -> int | None:
+        """Part data (or the preamble) up to the next delimiter; the position after it, or None
+        when the chunk ended first."""
+        d = self.delimiter
+        size = len(d)
+        if self.carry:
+            carry, self.carry = self.carry, b""
+            if len(chunk) - at < size:  # too little to tell alone: look at both together
+                both = carry + chunk[at:]
+                i = both.find(d)
+                if i != -1:
+                    self._emit(both, 0, i)
+                    return self._delimited(at + i + size - len(carry))
+                cut = max(0, len(both) - (size - 1))
+                self._emit(both, 0, cut)
+                self.carry = both[cut:]
+                return None
+            seam = carry + chunk[at : at + size - 1]
+            i = seam.find(d)
+            if i != -1:  # a delimiter starting in what was held back
+                self._emit(carry, 0, i)
+                return self._delimited(at + i + size - len(carry))
+            self._emit(carry, 0, len(carry))
+        i = chunk.find(d, at)
+        if i != -1:
+            self._emit(chunk, at, i)
+            return self._delimited(i + size)
+        cut = max(at, len(chunk) - (size - 1))
+        self._emit(chunk, at, cut)
+        self.carry = chunk[cut:]
+        return None
+
+    def _delimited(self, after: int) -> int:
+        if self.state == _DATA:
+            self.parts.on_part_end()
+        self.state = _AFTER
+        self.head.clear()
+        return after
+
+    def _after(self, chunk: bytes, at: int) -> int | None:
+        """After a delimiter: ``--`` (the close), or transport padding, CRLF and the part's
+        header lines up to an empty line; the position where the part's data starts."""
+        head = self.head
+        while at < len(chunk):
+            before = len(head)
+            head += chunk[at : at + _HEAD_STEP]
+            if head[:2] == b"--":
+                self.state = _EPILOGUE
+                return len(chunk)
+            end = head.find(b"\r\n\r\n", max(before - 3, 0))
+            if end == -1:
+                if len(head) > _MAX_HEADER + 256:
+                    raise InvalidInput(f"a multipart part has over {_MAX_HEADER} bytes of headers")
+                at += len(head) - before
+                continue
+            self._headers(bytes(head[: end + 2]))
+            self.state = _DATA
+            return at + end + 4 - before
+        return None
+
+    def _headers(self, block: bytes) -> None:
+        """The delimiter's line (only blanks may follow the boundary) and the header lines."""
+        line, _, rest = block.partition(b"\r\n")
+        if line.strip(b" \t"):
+            raise InvalidInput("malformed multipart body: a boundary line goes on after the boundary")
+        parts = self.parts
+        parts.on_part_begin()
+        for header in rest.split(b"\r\n")[:-1]:
+            name, colon, value = header.partition(b":")
+            if not colon or not name or b"\r" in header or b"\n" in header:
+                raise InvalidInput(f"malformed multipart body: a part header line is not 'name: value': {header[:60]!r}")
+            name, value = name.strip(b" \t"), value.strip(b" \t")
+            parts.on_header_field(name, 0, len(name))
+            parts.on_header_value(value, 0, len(value))
+            parts.on_header_end()
+        parts.on_headers_finished()
+
+
 async def _spool(part: _Current, spool_to: Callable[[], Path]) -> None:
     """Append the part's pending data to its spool file (opened first when needed), off the loop."""
     if part.spool is None:
@@ -343,23 +463,19 @@ async def iter_file_parts(
     when the caller stops has its spool file deleted."""
     boundary, charset = _multipart(content_type)
     rx = _Collector(charset, max_files)
-    parser = MultipartParser(boundary, rx.callbacks())
+    splitter = _Splitter(boundary, rx)
     try:
         async for chunk in stream:
             try:
-                _write(parser, chunk)
+                splitter.write(chunk)
             finally:  # the parts completed before a refusal in this chunk come first
                 while rx.done:
                     yield await _finished(rx.done.pop(0), in_memory, spool_to)
             cur = rx.current
             if cur is not None and cur.size > in_memory and (cur.spool is None or cur.pending >= _BATCH):
                 await _spool(cur, spool_to)
-        _finalize(parser)
-        while rx.done:
-            yield await _finished(rx.done.pop(0), in_memory, spool_to)
         if rx.files == 0:
             raise InvalidInput("no 'files' part in the upload", detail={"field": FIELD})
-        if rx.current is not None:  # finalize accepts a body cut short inside a part
-            raise InvalidInput("malformed multipart body: it ends inside a part")
+        splitter.finish()
     finally:
         _drop([*rx.done, *([rx.current] if rx.current is not None else [])])

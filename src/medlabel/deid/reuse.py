@@ -33,7 +33,7 @@ import threading
 import warnings
 from collections import OrderedDict
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from pydicom.datadict import dictionary_VR
 from pydicom.dataelem import RawDataElement
@@ -70,6 +70,7 @@ _LONG_VRS = frozenset(
 _U16 = struct.Struct("<H")
 _U32 = struct.Struct("<I")
 _TAG = struct.Struct("<HH")
+_EXPLICIT_HEAD = struct.Struct("<HH2sH")  # tag, VR, 2-byte length (PS3.5 7.1.2)
 _MAX_DEPTH = 16
 
 
@@ -77,8 +78,10 @@ class _Unfit(Exception):
     """The bytes are not the plain file this module reads: the whole way decides."""
 
 
-@dataclass(frozen=True, slots=True)
-class _Element:
+class _Element(NamedTuple):
+    """An element's place in the file (a tuple: a file has dozens, scanned for every file of a
+    series)."""
+
     tag: int
     vr: str | None  # as written (explicit VR), None in implicit VR
     start: int  # first byte of the tag
@@ -201,12 +204,27 @@ def _scan(data: bytes | memoryview, size: int) -> Scan:
     implicit = syntax == _IMPLICIT_LE
     elements: list[_Element] = []
     last = -1
-    while pos < len(data):
-        e = _read(data, pos, implicit, size)
-        if e.tag <= last or e.tag >> 16 in (0x0000, 0x0002):
+    n = len(data)
+    head = _EXPLICIT_HEAD.unpack_from
+    while pos < n:
+        # the common element inline (explicit VR with a 2-byte length): ``_read`` for the rest
+        if not implicit and pos + 8 <= n:
+            group, number, code, length = head(data, pos)
+            if code not in _LONG_VRS and group != 0xFFFE:
+                end = pos + 8 + length
+                if end > size:
+                    raise _Unfit("value runs past the end")
+                tag = group << 16 | number
+                e = _Element(tag, code.decode("latin-1"), pos, pos + 8, end, length)
+            else:
+                e = _read(data, pos, implicit, size)
+        else:
+            e = _read(data, pos, implicit, size)
+        tag = e.tag
+        if tag <= last or tag >> 16 in (0x0000, 0x0002):
             raise _Unfit("elements out of order, or command/File Meta elements in the data set")
-        last = e.tag
-        if e.tag == _PIXEL_DATA:
+        last = tag
+        if tag == _PIXEL_DATA:
             if e.length == _UNDEFINED or e.end != size:
                 raise _Unfit("Pixel Data encapsulated, or not the last element")
             return Scan(syntax, tuple(meta), tuple(elements), e)

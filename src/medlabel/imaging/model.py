@@ -20,6 +20,8 @@ from enum import StrEnum
 import numpy as np
 import numpy.typing as npt
 
+from medlabel.pickling import by_fields
+
 __all__ = [
     "Photometric",
     "Window",
@@ -39,6 +41,7 @@ class Photometric(StrEnum):
     RGB = "RGB"
 
 
+@by_fields
 @dataclass(frozen=True, slots=True)
 class Window:
     """A VOI window (PS3.3 C.11.2.1.2): centre and width in modality units (e.g. HU)."""
@@ -66,6 +69,7 @@ class Window:
             )
 
 
+@by_fields
 @dataclass(frozen=True, slots=True)
 class LookupTable:
     """A Modality or VOI LUT (PS3.3 C.11.1 / C.11.2): LUT Descriptor (0028,3002) + LUT Data (0028,3006).
@@ -93,6 +97,7 @@ class LookupTable:
         return table[index]
 
 
+@by_fields
 @dataclass(frozen=True, slots=True)
 class SourceUIDs:
     """Identifiers carried from the source (after de-identification, PatientID is the pseudonym)."""
@@ -105,6 +110,7 @@ class SourceUIDs:
     patient_id: str = ""
 
 
+@by_fields
 @dataclass(frozen=True, slots=True)
 class ImageInfo:
     """Everything about an image except its pixels; cheap to read (header only)."""

@@ -94,6 +94,7 @@ from medlabel.items.unpack import (
     safe_name,
     uploads_root,
 )
+from medlabel.pickling import by_fields
 from medlabel.storage.blobs import BlobStore
 from medlabel.storage.files import write_new_file
 from medlabel.storage.models import Project
@@ -160,6 +161,7 @@ def borrowed_sessions(session: Session) -> sessionmaker[Session]:
 # ---------------------------------------------------------------- DICOM
 
 
+@by_fields
 @dataclass(slots=True)
 class _Dicom:
     name: str
@@ -1640,6 +1642,7 @@ def not_importable(kind: FileKind) -> UnsupportedMedia:
 # ---------------------------------------------------------------- prepared ahead (upload sessions)
 
 
+@by_fields
 @dataclass(slots=True)
 class PreparedDicom:
     """A DICOM file prepared ahead of its import (an upload session's PUT): the de-identified

@@ -69,6 +69,7 @@ from medlabel.items.models import Instance, UploadSession
 from medlabel.items.settings import DeidSettings
 from medlabel.items.unpack import FileReport, ImportReport, IngestLimits, display_name, safe_name
 from medlabel.jobs import service as jobs
+from medlabel.pickling import by_fields
 from medlabel.security.rbac import GlobalRole
 from medlabel.storage.blobs import BlobStore, fsync_path
 from medlabel.storage.cache import RowCache
@@ -161,6 +162,7 @@ def cached_session_ref(engine: Any, actor: Actor, *, project_id: int, upload_id:
     return ref
 
 
+@by_fields
 @dataclass(slots=True)
 class FileResult:
     """The outcome of one PUT: ``prepared``, ``duplicate``, ``error`` or ``skipped``."""
@@ -185,6 +187,7 @@ class FileResult:
         return out
 
 
+@by_fields
 @dataclass(slots=True)
 class _Entry:
     """One record of a journal (``files/<process>.journal``)."""
@@ -436,10 +439,10 @@ def _entries(home: Path, upload_id: str) -> list[_Entry]:
             if e.uploaded_name not in latest or key > latest[e.uploaded_name][:2]:
                 latest[e.uploaded_name] = (*key, e)
     out = []
-    data = os.fspath(_folder(home, upload_id) / "data")
+    data = _folder(home, upload_id) / "data"
     for _seq, _order, e in latest.values():
         if e.prepared is not None:  # the folder may have been reached by another path
-            e.prepared.dicom.path = Path(data, e.prepared.path.name)
+            e.prepared.dicom.path = data / e.prepared.path.name
         out.append(e)
     return sorted(out, key=lambda e: (e.result.name, e.uploaded_name))
 
