@@ -115,7 +115,7 @@ def serve(
     try:
         if workers == 1:
             app = create_app(rt, run_worker=worker)
-            warm_up(rt)
+            warm_up(rt, app)
             uvicorn.run(
                 app,
                 host=host,
@@ -164,7 +164,7 @@ def _server_app() -> object:
         typer.secho(f"error: {exc.message}", fg="red", err=True)
         raise SystemExit(2) from None
     app = create_app(rt, run_worker=False)
-    warm_up(rt)
+    warm_up(rt, app)
     return app
 
 
