@@ -56,3 +56,12 @@ def progress_in_transaction(ctx: JobContext) -> dict:
         ctx.progress(30, "inside a transaction")
         job.message = "still inside"
     return {"ok": True}
+
+
+@job_kind("test.many_steps")
+def many_steps_job(ctx: JobContext) -> dict:
+    """Reports progress 200 times in about half a second."""
+    for i in range(200):
+        ctx.progress(i // 2, f"step {i}")
+        time.sleep(0.0025)
+    return {"steps": 200}

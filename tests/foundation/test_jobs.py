@@ -182,3 +182,28 @@ def test_reaper_gives_up_after_max_attempts(runtime):
 def test_progress_inside_a_transaction_does_not_deadlock(queue_runtime):
     job = _wait(queue_runtime, _submit(queue_runtime, "test.progress_in_transaction"), timeout=30)
     assert job.state == "succeeded" and job.result == {"ok": True}
+
+
+def test_a_short_job_writes_its_progress_once_not_per_step(runtime, monkeypatch):
+    """Progress is written from the heartbeat thread at most once per PROGRESS_EVERY (0.25 s),
+    and not again once the job has ended (its final state follows): a job of 200 steps in half a
+    second costs the database a few writes, not one per step competing with the job's own."""
+    from medlabel.storage.models import Job
+
+    writes: list[dict] = []
+    real = jobs._set
+
+    def spy(rt, job_id, **values):  # type: ignore[no-untyped-def]
+        writes.append(values)
+        real(rt, job_id, **values)
+
+    monkeypatch.setattr(jobs, "_set", spy)
+    with session_scope(runtime.sessions) as s:
+        job_id = jobs.create_job(s, ADMIN, "test.many_steps", max_attempts=1).id
+    jobs.execute_job(runtime, job_id)
+    progress_writes = [w for w in writes if "state" not in w]
+    assert 1 <= len(progress_writes) <= 4, writes
+    assert writes[-1]["state"] == "succeeded" and writes[-1]["progress"] == 100
+    with session_scope(runtime.sessions) as s:
+        job = s.get(Job, job_id)
+        assert job.state == "succeeded" and job.result == {"steps": 200} and job.message == "done"

@@ -309,6 +309,47 @@ def test_the_latest_entry_of_a_name_wins_across_journals(client, runtime, team, 
     assert result["counts"] == {"imported": 2, "skipped": 1}
 
 
+def test_a_recorded_group_is_one_journal_record(client, runtime, team, tmp_path):
+    """A batch's group of files is one journal record (one pickle, paths as strings): read back
+    whole, each prepared file under the session's data/ folder; cut short by a crash, the whole
+    group reads as never sent (and the records before it stand)."""
+    pid, h = team
+    paths, _ = ct_series(tmp_path / "ct", slices=4)
+    url = _open(client, h, pid)
+    upload_id = url.rsplit("/", 1)[1]
+    home = runtime.settings.home
+    folder = service.staging_root(home) / upload_id
+    assert _put(client, h, url, "a.dcm", paths[0].read_bytes()).json()["status"] == "prepared"
+    (first,) = service._entries(home, upload_id)
+    group = [
+        service._Entry(
+            f"g{i}.dcm",
+            service.FileResult(f"g{i}.dcm", "prepared"),
+            ingest.PreparedDicom(
+                ingest._Dicom(f"g{i}.dcm", Path("/elsewhere/data") / f"{i}.dcm", first.prepared.dicom.info, (), "P", []),
+                "ab" * 32,
+            ),
+            clock.now(),
+            "",
+            first.seq + 1 + i,
+        )
+        for i in range(3)
+    ]
+    record = service._record(group)
+    assert b"PosixPath" not in record and b"/elsewhere/data/0.dcm" in record
+    other = service._Journals()
+    other.append(folder, upload_id, record)
+    entries = {e.uploaded_name: e for e in service._entries(home, upload_id)}
+    assert sorted(entries) == ["a.dcm", "g0.dcm", "g1.dcm", "g2.dcm"]
+    assert entries["g1.dcm"].prepared.path == folder / "data" / "1.dcm"
+    assert isinstance(entries["g1.dcm"].prepared.path, Path)
+    assert entries["g2.dcm"].prepared.dicom.info == first.prepared.dicom.info
+    journal = next(p for p in (folder / "files").iterdir() if other._token in p.name)
+    journal.write_bytes(journal.read_bytes()[:-1])
+    assert [e.uploaded_name for e in service._entries(home, upload_id)] == ["a.dcm"]
+    other.forget(upload_id)
+
+
 def test_a_put_takes_no_write_turn(client, runtime, team, tmp_path):
     """A PUT reads (access, duplicate check) without SQLite's write turn, so files keep coming
     in while another transaction writes; only a new patient's pseudonym is a write."""

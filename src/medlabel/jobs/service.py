@@ -40,6 +40,8 @@ log = logging.getLogger(__name__)
 
 QUEUED, RUNNING, SUCCEEDED, FAILED = "queued", "running", "succeeded", "failed"
 HEARTBEAT_EVERY = float(os.environ.get("MEDLABEL_JOB_HEARTBEAT_SECONDS", "2"))
+#: Seconds between two writes of a running job's progress (and heartbeat), at least.
+PROGRESS_EVERY = 0.25
 
 
 def create_job(
@@ -117,11 +119,15 @@ def execute_job(rt: Runtime, job_id: str) -> None:
 
     def beat() -> None:
         """Write heartbeats and the latest progress from a thread of its own, so a handler that
-        reports progress while it holds a transaction never waits on itself (SQLite has one writer)."""
+        reports progress while it holds a transaction never waits on itself (SQLite has one writer).
+        At most one write per ``PROGRESS_EVERY`` (the latest progress wins: a short job's steps
+        are not each a write competing with the job's own), and none once the job has ended: the
+        final state is written right after, with its own progress and message."""
         while True:
             wake.wait(HEARTBEAT_EVERY)
+            if stop.is_set():
+                return
             wake.clear()
-            final = stop.is_set()
             with lock:
                 values = {**pending, "heartbeat_at": clock.now()}
                 pending.clear()
@@ -132,7 +138,7 @@ def execute_job(rt: Runtime, job_id: str) -> None:
                 with lock:
                     for k, v in values.items():
                         pending.setdefault(k, v)
-            if final:
+            if stop.wait(PROGRESS_EVERY):
                 return
 
     def progress(pct: int, message: str) -> None:
