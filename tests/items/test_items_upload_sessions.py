@@ -269,18 +269,25 @@ def test_a_file_over_the_json_body_limit_is_taken(client, runtime, team, tmp_pat
     assert r.status_code == 413
 
 
-def test_the_latest_entry_of_a_name_wins_across_journals(client, runtime, team, tmp_path):
-    """Each server process appends to its own journal; a name sent again (to any process)
-    replaces the earlier file, a record cut short by a crash reads as never sent, and entry
-    files of the version before the journals are still read."""
+def _one_file_put(client, runtime, team, tmp_path):
+    """A session with a.dcm PUT: (url, upload id, home, staging folder, a.dcm's entry, the series'
+    files)."""
     pid, h = team
     paths, _ = ct_series(tmp_path / "ct", slices=3)
     url = _open(client, h, pid)
     upload_id = url.rsplit("/", 1)[1]
     home = runtime.settings.home
-    folder = service.staging_root(home) / upload_id
     assert _put(client, h, url, "a.dcm", paths[0].read_bytes()).json()["status"] == "prepared"
     (first,) = service._entries(home, upload_id)
+    return url, upload_id, home, service.staging_root(home) / upload_id, first, paths
+
+
+def test_the_latest_entry_of_a_name_wins_across_journals(client, runtime, team, tmp_path):
+    """Each server process appends to its own journal; a name sent again (to any process)
+    replaces the earlier file, a record cut short by a crash reads as never sent, and entry
+    files of the version before the journals are still read."""
+    url, upload_id, home, folder, first, paths = _one_file_put(client, runtime, team, tmp_path)
+    h = team[1]
     # another process (its own journal) takes a.dcm again, later: that one wins
     other = service._Journals()
     later = service._Entry(
@@ -313,14 +320,7 @@ def test_a_recorded_group_is_one_journal_record(client, runtime, team, tmp_path)
     """A batch's group of files is one journal record (one pickle, paths as strings): read back
     whole, each prepared file under the session's data/ folder; cut short by a crash, the whole
     group reads as never sent (and the records before it stand)."""
-    pid, h = team
-    paths, _ = ct_series(tmp_path / "ct", slices=4)
-    url = _open(client, h, pid)
-    upload_id = url.rsplit("/", 1)[1]
-    home = runtime.settings.home
-    folder = service.staging_root(home) / upload_id
-    assert _put(client, h, url, "a.dcm", paths[0].read_bytes()).json()["status"] == "prepared"
-    (first,) = service._entries(home, upload_id)
+    _url, upload_id, home, folder, first, _paths = _one_file_put(client, runtime, team, tmp_path)
     group = [
         service._Entry(
             f"g{i}.dcm",
