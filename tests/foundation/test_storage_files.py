@@ -3,6 +3,7 @@ buffered fallback; checked against ``hashlib`` and what is read back."""
 
 from __future__ import annotations
 
+import ctypes
 import errno
 import hashlib
 import os
@@ -169,3 +170,64 @@ def test_threads_have_their_own_buffer(tmp_path):
         list(pool.map(write, range(len(blobs))))
     for i, data in enumerate(blobs):
         assert (tmp_path / f"f{i}").read_bytes() == data
+
+
+# ---------------------------------------------------------------- FilesystemSync
+
+
+def test_filesystem_sync_makes_deferred_writes_durable(tmp_path, monkeypatch):
+    """``write_new_file(deferred=True)`` writes without an fsync; ``FilesystemSync.sync`` is
+    one ``syncfs`` of the file system (counted here through the loaded function)."""
+    fs = files.FilesystemSync.open(tmp_path)
+    if fs is None:
+        pytest.skip("no syncfs here (not Linux 5.8 or later)")
+    fsynced: list[int] = []
+    real = os.fsync
+    monkeypatch.setattr(os, "fsync", lambda fd: (fsynced.append(fd), real(fd))[1])
+    calls: list[int] = []
+    real_syncfs = files._syncfs
+    monkeypatch.setattr(files, "_syncfs", lambda fd: (calls.append(fd), real_syncfs(fd))[1])  # type: ignore[misc]
+    data = os.urandom(10_000)
+    files.write_new_file(tmp_path / "a", [data], deferred=True)
+    assert fsynced == [] and (tmp_path / "a").read_bytes() == data
+    fs.sync()
+    fs.sync()
+    assert len(calls) == 2
+    fs.close()
+    fs.close()  # twice is harmless
+    with pytest.raises(ValueError, match="closed"):
+        fs.sync()
+
+
+def test_filesystem_sync_failure_is_kept(tmp_path, monkeypatch):
+    """A writeback error reported once fails that sync and every later one (what was written
+    after it may be lost with no second report)."""
+    fs = files.FilesystemSync.open(tmp_path)
+    if fs is None:
+        pytest.skip("no syncfs here (not Linux 5.8 or later)")
+    calls: list[int] = []
+
+    def broken(fd: int) -> int:
+        calls.append(fd)
+        ctypes.set_errno(errno.EIO)
+        return -1
+
+    monkeypatch.setattr(files, "_syncfs", broken)
+    for _ in range(2):
+        with pytest.raises(OSError, match="syncfs: Input/output error"):
+            fs.sync()
+    assert len(calls) == 1
+    fs.close()
+
+
+def test_filesystem_sync_off_or_unavailable(tmp_path, monkeypatch):
+    monkeypatch.setenv("MEDLABEL_SYNCFS", "0")
+    assert files.FilesystemSync.open(tmp_path) is None
+    monkeypatch.delenv("MEDLABEL_SYNCFS")
+    assert files.FilesystemSync.open(tmp_path / "missing") is None
+    monkeypatch.setattr(files, "_syncfs", None)
+    assert files.FilesystemSync.open(tmp_path) is None
+    monkeypatch.setattr(files.platform, "release", lambda: "5.4.0-generic")
+    assert files._kernel_reports_syncfs_errors() is False
+    monkeypatch.setattr(files.platform, "release", lambda: "6.1.0")
+    assert files._kernel_reports_syncfs_errors() is (files.sys.platform.startswith("linux"))

@@ -7,6 +7,7 @@ files, with both projects given one project secret."""
 
 from __future__ import annotations
 
+import ctypes
 import errno
 import io
 import os
@@ -24,7 +25,9 @@ from medlabel.items import ingest
 from medlabel.items import upload_sessions as service
 from medlabel.items.models import Instance
 from medlabel.items.stores import project_secret
+from medlabel.storage import files
 from medlabel.storage.db import session_scope
+from medlabel.storage.files import FilesystemSync
 
 from ..foundation.helpers import make_project, make_user, session_headers
 from .factories import PATIENT_ID, ct_series
@@ -334,7 +337,9 @@ def test_a_file_whose_write_or_fsync_fails_is_refused_and_nothing_of_it_is_left(
 ):
     """A batch writes its prepared files on a background thread. One whose fsync fails is an
     ``error`` line ("send it again"; a second fsync after a failed one may claim data that was
-    lost), its file is removed, and the other files are recorded and committed."""
+    lost), its file is removed, and the other files are recorded and committed. (The fsync path:
+    ``syncfs`` turned off, as on a file system shared with other writers.)"""
+    monkeypatch.setenv("MEDLABEL_SYNCFS", "0")
     pid, h = team
     paths, _ = ct_series(tmp_path / "ct", slices=3)
     real = os.fsync
@@ -424,7 +429,9 @@ def test_the_directories_of_a_group_are_fsynced_at_once_and_only_then_stored(
 ):
     """The files of a recorded group have their blob directories fsync'd in one call before
     their entries say ``stored``; when that fails, the entries say synced but not stored, and
-    the commit fsyncs the directories itself before a row names the blobs."""
+    the commit fsyncs the directories itself before a row names the blobs. (The fsync path:
+    ``syncfs`` turned off.)"""
+    monkeypatch.setenv("MEDLABEL_SYNCFS", "0")
     pid, h = team
     paths, _ = ct_series(tmp_path / "ct", slices=3)
     blob_type = type(runtime.blobs)
@@ -459,3 +466,97 @@ def test_the_directories_of_a_group_are_fsynced_at_once_and_only_then_stored(
     monkeypatch.setattr(blob_type, "sync_dirs", spy)
     assert _commit(client, runtime, h, url)["counts"] == {"imported": 3}
     assert set().union(*calls) == {e.prepared.sha256 for e in entries}
+
+
+def _need_group_sync(runtime) -> None:  # type: ignore[no-untyped-def]
+    """Skip where a batch cannot use ``syncfs`` (not Linux 5.8 or later)."""
+    (runtime.settings.home / "upload-sessions").mkdir(parents=True, exist_ok=True)
+    found = service.group_sync(runtime.settings.home, runtime.blobs)
+    if found is None:
+        pytest.skip("no syncfs here (not Linux 5.8 or later)")
+    found.close()
+
+
+def test_a_group_is_made_durable_by_one_syncfs(client, runtime, team, tmp_path, monkeypatch):
+    """Where the staging folders and the blob store share a file system, a batch's files are
+    written without an fsync each and a recorded group is made durable by one ``syncfs``
+    (directories too: no directory fsyncs), then recorded as synced and stored."""
+    pid, h = team
+    _need_group_sync(runtime)
+    paths, _ = ct_series(tmp_path / "ct", slices=5)
+    syncs: list[int] = []
+    real_sync = FilesystemSync.sync
+
+    def counted(self):  # type: ignore[no-untyped-def]
+        syncs.append(1)
+        return real_sync(self)
+
+    fsynced: list[int] = []
+    real_fsync = os.fsync
+
+    def spy_fsync(fd):  # type: ignore[no-untyped-def]
+        if stat.S_ISREG(os.fstat(fd).st_mode):
+            fsynced.append(fd)
+        return real_fsync(fd)
+
+    monkeypatch.setattr(FilesystemSync, "sync", counted)
+    monkeypatch.setattr(os, "fsync", spy_fsync)
+    monkeypatch.setattr(type(runtime.blobs), "sync_dirs", lambda self, wanted: pytest.fail("a directory fsync"))
+    monkeypatch.setattr(routes, "_RECORD_EVERY", 2)
+    url = _open(client, h, pid)
+    r = _post(client, h, url, [(p.name, p.read_bytes()) for p in paths])
+    assert r.status_code == 200 and r.json()["counts"] == {"prepared": 5}, r.text
+    assert fsynced == [] and 1 <= len(syncs) <= 5
+    entries = service._entries(runtime.settings.home, _upload_id(url))
+    assert all(e.prepared.synced and e.prepared.stored for e in entries)
+    monkeypatch.undo()
+    assert _commit(client, runtime, h, url)["counts"] == {"imported": 5}
+
+
+def test_a_failed_syncfs_refuses_the_group_and_the_rest_of_the_batch(
+    client, runtime, team, tmp_path, monkeypatch
+):
+    """When ``syncfs`` reports a writeback error, nothing says which of the files written since
+    reached the disk: the group's files, and every later one of the batch, are ``error`` lines
+    ("send it again"), their files removed; nothing of them is committed."""
+    pid, h = team
+    _need_group_sync(runtime)
+    paths, _ = ct_series(tmp_path / "ct", slices=4)
+    calls: list[int] = []
+
+    def broken(fd):  # type: ignore[no-untyped-def]
+        calls.append(fd)
+        ctypes.set_errno(errno.EIO)
+        return -1
+
+    monkeypatch.setattr(files, "_syncfs", broken)
+    monkeypatch.setattr(routes, "_RECORD_EVERY", 2)
+    url = _open(client, h, pid)
+    r = _post(client, h, url, [(p.name, p.read_bytes()) for p in paths])
+    assert r.status_code == 200, r.text
+    assert r.json()["counts"] == {"error": 4}, r.text
+    assert all("could not be made durable" in f["message"] and "syncfs" in f["message"] for f in r.json()["files"])
+    assert len(calls) == 1  # the first failure is kept: no second syncfs claims the rest
+    folder = runtime.settings.home / "upload-sessions" / _upload_id(url) / "data"
+    assert list(folder.iterdir()) == []
+    monkeypatch.undo()
+    assert _commit(client, runtime, h, url)["counts"] == {"error": 4}
+
+
+def test_no_group_sync_across_file_systems_or_when_turned_off(runtime, monkeypatch):
+    home, blobs = runtime.settings.home, runtime.blobs
+    (home / "upload-sessions").mkdir(parents=True, exist_ok=True)
+    monkeypatch.setenv("MEDLABEL_SYNCFS", "0")
+    assert service.group_sync(home, blobs) is None
+    monkeypatch.delenv("MEDLABEL_SYNCFS")
+    assert service.group_sync(home, None) is None
+    real = os.stat
+
+    def elsewhere(path, *a, **k):  # type: ignore[no-untyped-def]
+        st = real(path, *a, **k)
+        if os.fspath(path) == os.fspath(blobs.root):
+            return os.stat_result((st.st_mode, st.st_ino, st.st_dev + 1, *tuple(st)[3:]))
+        return st
+
+    monkeypatch.setattr(os, "stat", elsewhere)
+    assert service.group_sync(home, blobs) is None  # blobs on another file system

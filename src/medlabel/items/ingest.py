@@ -1716,17 +1716,19 @@ def prepare_dicom_file(
     return PreparedDicom(d, digest[0], sync)
 
 
-def write_prepared(prepared: PreparedDicom) -> None:
+def write_prepared(prepared: PreparedDicom, *, deferred: bool = False) -> None:
     """Write and fsync the held bytes of a file prepared with ``defer`` (then dropped): the file
-    is created at ``prepared.path`` (it must not exist; a failure leaves nothing there)."""
+    is created at ``prepared.path`` (it must not exist; a failure leaves nothing there). With
+    ``deferred``, not fsync'd (``prepared.synced`` stays False): the caller makes it durable
+    with its group (``storage.files.FilesystemSync``)."""
     pieces = prepared.pieces
     if pieces is None:
         return
     try:
-        write_new_file(prepared.path, pieces, sync=True, hashed=False)
+        write_new_file(prepared.path, pieces, sync=True, hashed=False, deferred=deferred)
     finally:
         prepared.pieces = None
-    prepared.synced = True
+    prepared.synced = not deferred
 
 
 def store_prepared(

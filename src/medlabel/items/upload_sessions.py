@@ -29,6 +29,7 @@ as the import worker processes' results); nothing a client sends is ever unpickl
 from __future__ import annotations
 
 import copyreg
+import errno
 import fcntl
 import hashlib
 import io
@@ -75,6 +76,7 @@ from medlabel.pickling import by_fields
 from medlabel.security.rbac import GlobalRole
 from medlabel.storage.blobs import BlobStore, fsync_path
 from medlabel.storage.cache import RowCache
+from medlabel.storage.files import FilesystemSync
 from medlabel.storage.models import Job, Project
 
 __all__ = [
@@ -95,6 +97,7 @@ __all__ = [
     "Staged",
     "stage_file",
     "record_files",
+    "group_sync",
     "discard",
     "abandon",
     "commit",
@@ -585,6 +588,7 @@ def stage_file(
     blobs: BlobStore | None = None,
     sync: bool = False,
     check_duplicates: bool = True,
+    group_sync: bool = False,
 ) -> Staged:
     """The preparation half of :func:`put_file`: prepare the file received at ``original``
     (deleted here, whatever happens; or its bytes, received in memory), check it against the
@@ -595,7 +599,8 @@ def stage_file(
     the file as synced (the commit then skips it); the bytes waiting to be written are bounded
     per process (``_WRITE_BUDGET``: this call waits). 404 when the session is gone. Without
     ``check_duplicates``, :func:`record_files` is to check a group of files at once
-    (``duplicates``)."""
+    (``duplicates``). With ``group_sync`` (and ``sync``), the file is written but not fsync'd:
+    :func:`record_files` makes its group durable at once (``fs_sync``)."""
     shown = check_name(name)
     folder = _folder(home, ref.id)
     try:
@@ -636,7 +641,7 @@ def stage_file(
         raise
     staged = Staged(name, result, prepared)
     if prepared is not None and prepared.pieces is not None:
-        staged.syncing = _write_later(prepared, blobs)
+        staged.syncing = _write_later(prepared, blobs, deferred=group_sync)
     return staged
 
 
@@ -649,13 +654,29 @@ class _NotWritten(Exception):
     """The prepared file could not be written (nothing of it is left)."""
 
 
-def _write_later(prepared: PreparedDicom, blobs: BlobStore | None) -> Future[bool]:
+def group_sync(home: Path, blobs: BlobStore | None) -> FilesystemSync | None:
+    """What makes the groups of a batch durable at once (``record_files(fs_sync=...)``), opened
+    now, before the batch's first write (the caller closes it); None when the staging folders
+    and the blob store are not on one local file system (one ``syncfs`` would not cover the
+    links), or ``syncfs`` is not to be used (``FilesystemSync.open``): then each file and
+    directory is fsync'd."""
+    root = getattr(blobs, "root", None)
+    staging = staging_root(home)
+    try:
+        if root is None or os.stat(root).st_dev != os.stat(staging).st_dev:
+            return None
+    except OSError:
+        return None
+    return FilesystemSync.open(staging)
+
+
+def _write_later(prepared: PreparedDicom, blobs: BlobStore | None, *, deferred: bool = False) -> Future[bool]:
     """Write (and fsync, link) a prepared file's held bytes on an fsync thread; the bytes count
     against ``_WRITE_BUDGET`` until then (or until the write is cancelled)."""
     size = sum(memoryview(p).nbytes for p in prepared.pieces or ())
     _WRITE_BUDGET.acquire(size)
     try:
-        fut = _sync_pool().submit(_write_and_link, prepared, blobs)
+        fut = _sync_pool().submit(_write_and_link, prepared, blobs, deferred)
     except BaseException:
         _WRITE_BUDGET.release(size)
         raise
@@ -668,16 +689,19 @@ def _write_later(prepared: PreparedDicom, blobs: BlobStore | None) -> Future[boo
     return fut
 
 
-def _write_and_link(prepared: PreparedDicom, blobs: BlobStore | None) -> bool:
+def _write_and_link(prepared: PreparedDicom, blobs: BlobStore | None, deferred: bool = False) -> bool:
     """Write and fsync a file prepared with ``defer``, then (with ``blobs``) link it into the
     blob store: the commit's work, done while the upload goes on (the blob is named only once
     its data is durable). True when linked: :func:`record_files` then fsyncs the directories
     of its group at once, and the commit only checks the blob is there. A failure to write (or
     fsync) raises ``_NotWritten`` (the file is refused; nothing of it is left); a failure to
     link is logged and left to the commit. A blob of a session never committed is an orphan
-    for the sweep (``medlabel.items.blob_sweep``)."""
+    for the sweep (``medlabel.items.blob_sweep``). With ``deferred``, the file is not fsync'd
+    and linked at once: :func:`record_files` makes the group durable with one ``syncfs``
+    before it records it (an entry names only durable files; an orphan link of a file that a
+    crash lost is what the sweep is for)."""
     try:
-        write_prepared(prepared)
+        write_prepared(prepared, deferred=deferred)
     except OSError as exc:
         raise _NotWritten(f"the prepared file could not be written: {exc}; send it again") from exc
     if blobs is None:
@@ -724,6 +748,32 @@ def _drop_duplicates(ref: SessionRef, staged: Sequence[Staged], reads: sessionma
             st.result = FileResult(st.result.name, "duplicate", "already imported (same SOP Instance UID)")
 
 
+def _written_error(st: Staged, message: str) -> None:
+    log.warning("%s: %s", st.name, message)
+    st.prepared, st.syncing = None, None
+    st.result = FileResult(st.result.name, "error", message, "unreadable")
+
+
+def _sync_group(deferred: list[tuple[Staged, bool]], fs_sync: FilesystemSync | None) -> None:
+    """Make the files of a group written without their fsync durable with one ``syncfs`` (their
+    links and directories with them: recorded as ``stored`` when linked); when it fails, they
+    are ``error`` results and deleted (nothing says what of them reached the disk)."""
+    try:
+        if fs_sync is None:
+            raise OSError(errno.EINVAL, "no file system sync for files written without an fsync")
+        fs_sync.sync()
+    except OSError as exc:
+        for st, _ in deferred:
+            assert st.prepared is not None
+            st.prepared.path.unlink(missing_ok=True)
+            _written_error(st, f"the prepared file could not be made durable: {exc}; send it again")
+        return
+    for st, is_linked in deferred:
+        assert st.prepared is not None
+        st.prepared.synced = True
+        st.prepared.stored = is_linked
+
+
 def _settled(fut: Future[bool]) -> None:
     try:
         fut.result()
@@ -739,6 +789,7 @@ def record_files(
     home: Path,
     duplicates: sessionmaker[Session] | None = None,
     blobs: BlobStore | None = None,
+    fs_sync: FilesystemSync | None = None,
 ) -> list[FileResult]:
     """Record the entries of ``staged`` files, in order (of two of one name, the later wins),
     with one journal write under one hold of the session's shared file lock, after checking the
@@ -749,26 +800,33 @@ def record_files(
     have the directories that name them fsync'd here, the group's in one call (not three fsyncs
     a file), and are recorded as ``stored``. With
     ``duplicates`` (read-only sessions), the files staged without their duplicate check are
-    checked here, the group in one query."""
+    checked here, the group in one query. Files written without their fsync
+    (``stage_file(group_sync=True)``) are made durable here with the rest of the file system,
+    by one ``fs_sync.sync()`` for the group (their directories too: no directory fsyncs);
+    when that fails, they become ``error`` results ("send it again"), as a failed fsync makes
+    a file one."""
     if not staged:
         return []
     try:
         if duplicates is not None:
             _drop_duplicates(ref, staged, duplicates)
         linked: list[PreparedDicom] = []
+        deferred: list[tuple[Staged, bool]] = []  # written, not fsync'd: (file, linked)
         for st in staged:
             if st.syncing is None or st.prepared is None:
                 continue
             try:
                 is_linked = st.syncing.result()
             except _NotWritten as exc:
-                log.warning("%s: %s", st.name, exc)
-                st.prepared, st.syncing = None, None
-                st.result = FileResult(st.result.name, "error", str(exc), "unreadable")
+                _written_error(st, str(exc))
                 continue
-            st.prepared.synced = True
+            if not st.prepared.synced:
+                deferred.append((st, is_linked))
+                continue
             if is_linked:
                 linked.append(st.prepared)
+        if deferred:
+            _sync_group(deferred, fs_sync)
         if linked and blobs is not None:
             try:
                 blobs.sync_dirs([p.sha256 for p in linked])

@@ -233,6 +233,9 @@ class _Batch:
         self.ready: list[service.Staged] = []
         self.results: list[service.FileResult] = []
         self.failed = False
+        # opened before this request's first write: its groups are made durable by one syncfs
+        # each (None: fsyncs file by file)
+        self.fs_sync = service.group_sync(rt.settings.home, rt.blobs)
 
     def _stage(self, part: uploads.FilePart) -> service.Staged:
         original = part.data if part.data is not None else part.path
@@ -250,6 +253,7 @@ class _Batch:
             blobs=self.rt.blobs,
             sync=True,
             check_duplicates=False,  # per group, when recorded
+            group_sync=self.fs_sync is not None,
         )
 
     def submit(self, part: uploads.FilePart) -> None:
@@ -330,6 +334,7 @@ class _Batch:
             home=self.rt.settings.home,
             duplicates=self.reads,
             blobs=self.rt.blobs,
+            fs_sync=self.fs_sync,
         )
 
     def abandon(self) -> None:
@@ -398,6 +403,9 @@ async def post_upload_files(request: Request, up: UploadFile, rt: RuntimeDep) ->
     except BaseException:
         batch.abandon()
         raise
+    finally:
+        if batch.fs_sync is not None:
+            batch.fs_sync.close()
     results = batch.results
     return UploadBatchRead(files=[UploadFileRead(**f.as_dict()) for f in results], counts=_counts(results))
 
