@@ -3,16 +3,17 @@
 Both servers run in their own processes on loopback and receive the same files over real HTTP.
 
 medlabel: ``medlabel serve --workers 2 --no-worker`` (uvicorn, two server processes), measured
-three ways on the same server:
+three ways on the same server (the goal, faster than Orthanc, is measured on the batched upload:
+the API's path for bulk ingest; the other two rows are the per-file and the one-request paths):
 
-* **upload session** (the main figure): ``POST /api/v1/projects/{id}/uploads``, then each file
+* **upload session**: ``POST /api/v1/projects/{id}/uploads``, then each file
   ``PUT .../uploads/{upload_id}/files/{name}`` from ``--clients`` (4) client threads, as Orthanc
   gets them; each PUT is prepared at once in the server process that takes it (sniff, pixel
   check, PS3.15 de-identification with the project's stores, fsync'd staging), so the per-file
   work of the two server processes overlaps the upload; then ``POST .../commit`` and its
   ``items.import_session`` job (grouping, blobs linked, one volume item, audit) runs in this
   process the moment the 202 arrives, as a ``medlabel worker`` would.
-* **upload session, batched** (second row): the same session route, but the files sent in
+* **upload session, batched** (the goal's figure): the same session route, but the files sent in
   batches of about ``--batch-files`` (20; as many batches as a multiple of the client threads,
   of one size: 16 of 18–19 files for 300 slices and 4 clients), each one multipart ``POST .../uploads/{upload_id}/files`` on
   a connection of its own (so that the server's processes share the batches: a process takes
