@@ -11,6 +11,7 @@ import ctypes
 import errno
 import io
 import os
+import re
 import stat
 import uuid
 from pathlib import Path
@@ -479,17 +480,23 @@ def _need_group_sync(runtime) -> None:  # type: ignore[no-untyped-def]
 
 def test_a_group_is_made_durable_by_one_syncfs(client, runtime, team, tmp_path, monkeypatch):
     """Where the staging folders and the blob store share a file system, a batch's files are
-    written without an fsync each and a recorded group is made durable by one ``syncfs``
-    (directories too: no directory fsyncs), then recorded as synced and stored."""
+    written without an fsync each; a recorded group is made durable by one ``syncfs``, only
+    then linked into the blob store (a blob is named once its data is durable), the links made
+    durable by a second (no directory fsyncs), then recorded as synced and stored."""
     pid, h = team
     _need_group_sync(runtime)
     paths, _ = ct_series(tmp_path / "ct", slices=5)
-    syncs: list[int] = []
+    events: list[str] = []
     real_sync = FilesystemSync.sync
+    real_adopt = type(runtime.blobs).adopt
 
     def counted(self):  # type: ignore[no-untyped-def]
-        syncs.append(1)
+        events.append("sync")
         return real_sync(self)
+
+    def adopt(self, path, digest):  # type: ignore[no-untyped-def]
+        events.append("link")
+        return real_adopt(self, path, digest)
 
     fsynced: list[int] = []
     real_fsync = os.fsync
@@ -500,13 +507,17 @@ def test_a_group_is_made_durable_by_one_syncfs(client, runtime, team, tmp_path, 
         return real_fsync(fd)
 
     monkeypatch.setattr(FilesystemSync, "sync", counted)
+    monkeypatch.setattr(type(runtime.blobs), "adopt", adopt)
     monkeypatch.setattr(os, "fsync", spy_fsync)
     monkeypatch.setattr(type(runtime.blobs), "sync_dirs", lambda self, wanted: pytest.fail("a directory fsync"))
     monkeypatch.setattr(routes, "_RECORD_EVERY", 2)
     url = _open(client, h, pid)
     r = _post(client, h, url, [(p.name, p.read_bytes()) for p in paths])
     assert r.status_code == 200 and r.json()["counts"] == {"prepared": 5}, r.text
-    assert fsynced == [] and 1 <= len(syncs) <= 5
+    assert fsynced == []
+    # each group: sync (the data), its links, sync (the names); 5 files in groups of 2 or more
+    groups = "".join("s" if e == "sync" else "l" for e in events)
+    assert re.fullmatch(r"(sl+s)+", groups) and groups.count("l") == 5, events
     entries = service._entries(runtime.settings.home, _upload_id(url))
     assert all(e.prepared.synced and e.prepared.stored for e in entries)
     monkeypatch.undo()

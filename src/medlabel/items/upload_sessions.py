@@ -696,15 +696,14 @@ def _write_and_link(prepared: PreparedDicom, blobs: BlobStore | None, deferred: 
     of its group at once, and the commit only checks the blob is there. A failure to write (or
     fsync) raises ``_NotWritten`` (the file is refused; nothing of it is left); a failure to
     link is logged and left to the commit. A blob of a session never committed is an orphan
-    for the sweep (``medlabel.items.blob_sweep``). With ``deferred``, the file is not fsync'd
-    and linked at once: :func:`record_files` makes the group durable with one ``syncfs``
-    before it records it (an entry names only durable files; an orphan link of a file that a
-    crash lost is what the sweep is for)."""
+    for the sweep (``medlabel.items.blob_sweep``). With ``deferred``, the file is only written
+    (not fsync'd, not linked: False): :func:`record_files` makes its group durable, then links
+    it (``_sync_group``)."""
     try:
         write_prepared(prepared, deferred=deferred)
     except OSError as exc:
         raise _NotWritten(f"the prepared file could not be written: {exc}; send it again") from exc
-    if blobs is None:
+    if blobs is None or deferred:
         return False
     try:
         blobs.adopt(prepared.path, prepared.sha256)
@@ -754,24 +753,44 @@ def _written_error(st: Staged, message: str) -> None:
     st.result = FileResult(st.result.name, "error", message, "unreadable")
 
 
-def _sync_group(deferred: list[tuple[Staged, bool]], fs_sync: FilesystemSync | None) -> None:
-    """Make the files of a group written without their fsync durable with one ``syncfs`` (their
-    links and directories with them: recorded as ``stored`` when linked); when it fails, they
-    are ``error`` results and deleted (nothing says what of them reached the disk)."""
+def _sync_group(deferred: list[Staged], fs_sync: FilesystemSync | None, blobs: BlobStore | None) -> None:
+    """Make the files of a group written without their fsync durable with one ``syncfs``; then
+    link them into the blob store (a blob is named only once its data is durable, as
+    everywhere) and make the names durable with a second one (``stored``). Two flushes for the
+    group instead of three a file. When the first fails, the files are ``error`` results and
+    deleted (nothing says what of them reached the disk); when the second fails, they stay
+    synced but not stored (the commit links them and fsyncs the directories)."""
     try:
         if fs_sync is None:
             raise OSError(errno.EINVAL, "no file system sync for files written without an fsync")
         fs_sync.sync()
     except OSError as exc:
-        for st, _ in deferred:
+        for st in deferred:
             assert st.prepared is not None
             st.prepared.path.unlink(missing_ok=True)
             _written_error(st, f"the prepared file could not be made durable: {exc}; send it again")
         return
-    for st, is_linked in deferred:
+    linked: list[PreparedDicom] = []
+    for st in deferred:
         assert st.prepared is not None
         st.prepared.synced = True
-        st.prepared.stored = is_linked
+        if blobs is None:
+            continue
+        try:
+            blobs.adopt(st.prepared.path, st.prepared.sha256)
+        except OSError:
+            log.warning("linking %s into the blob store failed; the commit does it", st.prepared.path, exc_info=True)
+            continue
+        linked.append(st.prepared)
+    if not linked:
+        return
+    try:
+        fs_sync.sync()
+    except OSError:
+        log.warning("syncfs after linking a group failed; the commit links and fsyncs them", exc_info=True)
+        return
+    for p in linked:
+        p.stored = True
 
 
 def _settled(fut: Future[bool]) -> None:
@@ -801,17 +820,17 @@ def record_files(
     a file), and are recorded as ``stored``. With
     ``duplicates`` (read-only sessions), the files staged without their duplicate check are
     checked here, the group in one query. Files written without their fsync
-    (``stage_file(group_sync=True)``) are made durable here with the rest of the file system,
-    by one ``fs_sync.sync()`` for the group (their directories too: no directory fsyncs);
-    when that fails, they become ``error`` results ("send it again"), as a failed fsync makes
-    a file one."""
+    (``stage_file(group_sync=True)``) are made durable here with the rest of the file system by
+    one ``fs_sync.sync()`` for the group, then linked into the blob store and the links made
+    durable by a second (``_sync_group``: no fsync of a file or directory); when the first
+    fails, they become ``error`` results ("send it again"), as a failed fsync makes a file one."""
     if not staged:
         return []
     try:
         if duplicates is not None:
             _drop_duplicates(ref, staged, duplicates)
         linked: list[PreparedDicom] = []
-        deferred: list[tuple[Staged, bool]] = []  # written, not fsync'd: (file, linked)
+        deferred: list[Staged] = []  # written, not fsync'd nor linked
         for st in staged:
             if st.syncing is None or st.prepared is None:
                 continue
@@ -821,12 +840,11 @@ def record_files(
                 _written_error(st, str(exc))
                 continue
             if not st.prepared.synced:
-                deferred.append((st, is_linked))
-                continue
-            if is_linked:
+                deferred.append(st)
+            elif is_linked:
                 linked.append(st.prepared)
         if deferred:
-            _sync_group(deferred, fs_sync)
+            _sync_group(deferred, fs_sync, blobs)
         if linked and blobs is not None:
             try:
                 blobs.sync_dirs([p.sha256 for p in linked])

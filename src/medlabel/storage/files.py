@@ -208,7 +208,8 @@ class FilesystemSync:
     deferred=True)``, linked, their directories made) with one flush of the disk's cache,
     instead of an fsync of each file and of each directory naming one (three flushes a file into
     the blob store's fan-out: measured, the disk then took 0.66–0.71 s for 300 files of 525 KB,
-    and 0.49–0.52 s with one ``syncfs`` per 16 files; ``docs/performance.md``).
+    and 0.49–0.52 s with one ``syncfs`` per 16 files; ``docs/performance.md``). Where names must
+    only appear once their data is durable (the blob store), sync, link, then sync again.
 
     Open it on a directory of that file system **before** the writes it is to cover: the kernel
     reports a writeback error to a ``syncfs`` on a descriptor opened before the error (Linux
