@@ -404,6 +404,17 @@ def test_upload_is_streamed_to_the_upload_folder(client, runtime, team, monkeypa
     r = client.post(url, headers=h, files=[("files", (f"{i}.dcm", dcm, "application/dicom")) for i in range(3)])
     assert r.status_code == 413
     assert not any((runtime.settings.home / "uploads").iterdir())
+    monkeypatch.delenv("MEDLABEL_IMPORT_MAX_FILES")
+    # a body cut short inside a part: refused whole (no half file imported), nothing left behind;
+    # a preamble before the first boundary (RFC 2046) is skipped
+    part = b'--B\r\nContent-Disposition: form-data; name="files"; filename="x.dcm"\r\n\r\n' + dcm + b"\r\n"
+    mp = {**h, "Content-Type": "multipart/form-data; boundary=B"}
+    r = client.post(url, headers=mp, content=(part + part)[: len(part) + 500])
+    assert r.status_code == 422 and "ends inside a part" in r.text, r.text
+    assert not any((runtime.settings.home / "uploads").iterdir())
+    r = client.post(url, headers=mp, content=b"a preamble\r\n" + part + b"--B--\r\n")
+    assert r.status_code == 202, r.text
+    assert by_name(run_job(runtime, r.json()["id"]))["x.dcm"]["status"] == "duplicate"  # read whole: imported above
     # access is checked before the body is read
     assert client.post(url, files=[("files", ("x.dcm", dcm, "application/dicom"))]).status_code == 401
 
